@@ -1,0 +1,216 @@
+"""`Model`: one onnx-graphsurgeon graph plus the model-level facts graphsurgeon drops.
+
+graphsurgeon (gs) is the graph: `Variable.inputs` / `.outputs` are the producer / consumer
+links and `Constant.values` the weights. gs forgets what sits outside the graph on export —
+ir_version (it defaults to one newer than onnxruntime accepts), metadata_props, the model doc
+string, the model version — so `Model` keeps those and writes them back in `to_onnx()`.
+
+`Model` is also the name authority (`fresh_name`), seeded with every tensor and node name at
+load, subgraphs included, so a name a pass invents never collides with an existing one; and it
+caches analyses (`analysis(fn)`), dropped by `invalidate()` when a pass changes the graph.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxpress._version import __version__
+
+if TYPE_CHECKING:
+    from onnxpress.passes.manager import Report
+
+T = TypeVar("T")
+
+#: metadata_props key under which `save` records the pipeline that produced the model.
+PIPELINE_KEY = "onnxpress.pipeline"
+
+
+class Model:
+    """An ONNX model being compiled: a gs.Graph and the facts gs would lose.
+
+    Attributes:
+        graph: The main graph. Passes edit it in place through `onnxpress.ir.edit`.
+        ir_version: IR version of the source file, kept on export so onnxruntime accepts it.
+        opsets: Opset version per domain ("" is the default ONNX domain).
+        metadata: metadata_props of the source model, in order.
+        doc_string: The model's doc string.
+        extra: Other ModelProto scalar fields kept verbatim (producer, domain, model_version).
+        source: The file the model was loaded from, if any; `save` refuses to overwrite it.
+        pipeline: Passes applied so far, as ``{"name": ..., "options": {...}}`` records.
+        report: The `Report` of the last `optimize` run, if the model came out of one.
+    """
+
+    def __init__(
+        self,
+        graph: gs.Graph,
+        *,
+        ir_version: int,
+        opsets: dict[str, int],
+        metadata: dict[str, str] | None = None,
+        doc_string: str = "",
+        extra: dict[str, Any] | None = None,
+        source: Path | None = None,
+    ) -> None:
+        self.graph = graph
+        self.ir_version = ir_version
+        self.opsets = dict(opsets)
+        self.metadata = dict(metadata or {})
+        self.doc_string = doc_string
+        self.extra = dict(extra or {})
+        self.source = source
+        self.pipeline: list[dict[str, Any]] = []
+        self.report: Report | None = None
+        self._analyses: dict[Callable[[Model], Any], Any] = {}
+        self._names: set[str] = set()
+        self._counter = itertools.count()
+        self._seed_names()
+
+    # ----------------------------------------------------------------------------------------
+    # Conversion
+    @classmethod
+    def from_onnx(cls, proto: onnx.ModelProto, *, source: Path | None = None) -> Model:
+        """Import a ModelProto (which is not modified)."""
+        graph = gs.import_onnx(proto)
+        return cls(
+            graph,
+            ir_version=proto.ir_version,
+            opsets={op.domain: op.version for op in proto.opset_import},
+            metadata={p.key: p.value for p in proto.metadata_props},
+            doc_string=proto.doc_string,
+            extra={
+                "producer_name": proto.producer_name,
+                "producer_version": proto.producer_version,
+                "domain": proto.domain,
+                "model_version": proto.model_version,
+            },
+            source=source,
+        )
+
+    def to_onnx(self) -> onnx.ModelProto:
+        """Export to a ModelProto with the source's ir_version, opsets and metadata."""
+        self.graph.ir_version = self.ir_version
+        self.graph.opset = self.opsets.get("", self.graph.opset)
+        opset_imports = [onnx.helper.make_opsetid(d, v) for d, v in sorted(self.opsets.items())]
+        proto = gs.export_onnx(self.graph, do_type_check=False, opset_imports=opset_imports)
+        proto.ir_version = self.ir_version
+        proto.doc_string = self.doc_string
+        for key, value in self.extra.items():
+            setattr(proto, key, value)
+        metadata = dict(self.metadata)
+        if self.pipeline:
+            metadata[PIPELINE_KEY] = json.dumps({"version": __version__, "passes": self.pipeline})
+        onnx.helper.set_model_props(proto, metadata)
+        return proto
+
+    def copy(self) -> Model:
+        """A deep copy: no node, tensor or weight array is shared with this model."""
+        clone = Model.from_onnx(self.to_onnx(), source=self.source)
+        clone.pipeline = [dict(p) for p in self.pipeline]
+        return clone
+
+    def save(self, path: str | Path, **kwargs: Any) -> Path:
+        """Write the model atomically; see `onnxpress.ir.io.save` for the options."""
+        from onnxpress.ir.io import save
+
+        return save(self, path, **kwargs)
+
+    # ----------------------------------------------------------------------------------------
+    # Names
+    def _seed_names(self) -> None:
+        for graph in iter_graphs(self.graph):
+            self._names.update(n.name for n in graph.nodes if n.name)
+            for node in graph.nodes:
+                self._names.update(t.name for t in itertools.chain(node.inputs, node.outputs))
+            self._names.update(t.name for t in itertools.chain(graph.inputs, graph.outputs))
+
+    def fresh_name(self, hint: str) -> str:
+        """A tensor or node name based on `hint` that is not used anywhere in the model."""
+        name = hint
+        while name in self._names or not name:
+            name = f"{hint}_{next(self._counter)}"
+        self._names.add(name)
+        return name
+
+    def variable(self, hint: str, dtype: Any = None, shape: Any = None) -> gs.Variable:
+        """A new activation tensor with a fresh name."""
+        return gs.Variable(self.fresh_name(hint), dtype=dtype, shape=shape)
+
+    def constant(self, hint: str, values: np.ndarray) -> gs.Constant:
+        """A new initializer with a fresh name (the array is copied, never shared)."""
+        return gs.Constant(self.fresh_name(hint), np.array(values, copy=True))
+
+    def node(self, op: str, inputs: list, outputs: list, *, hint: str | None = None,
+             attrs: dict | None = None, domain: str | None = None) -> gs.Node:
+        """A new node with a fresh name (not yet inserted in any graph)."""
+        return gs.Node(op, self.fresh_name(hint or op), attrs=dict(attrs or {}),
+                       inputs=list(inputs), outputs=list(outputs), domain=domain)
+
+    # ----------------------------------------------------------------------------------------
+    # Analyses
+    def analysis(self, fn: Callable[[Model], T]) -> T:
+        """Compute `fn(self)` once and cache it until the model changes."""
+        if fn not in self._analyses:
+            self._analyses[fn] = fn(self)
+        return self._analyses[fn]
+
+    def invalidate(self, keep: frozenset = frozenset()) -> None:
+        """Drop cached analyses except those in `keep` (a pass's `preserves`)."""
+        self._analyses = {fn: value for fn, value in self._analyses.items() if fn in keep}
+
+    # ----------------------------------------------------------------------------------------
+    # Facts
+    @property
+    def opset(self) -> int:
+        """Version of the default ONNX domain."""
+        return self.opsets.get("", self.opsets.get("ai.onnx", 1))
+
+    def constants(self) -> Iterator[gs.Constant]:
+        """Every distinct initializer used by the main graph's nodes (not subgraphs)."""
+        seen: set[int] = set()
+        for node in self.graph.nodes:
+            for tensor in node.inputs:
+                if isinstance(tensor, gs.Constant) and id(tensor) not in seen:
+                    seen.add(id(tensor))
+                    yield tensor
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the initializers (what dominates the file size)."""
+        return sum(int(c.values.nbytes) for c in self.constants())
+
+    def __len__(self) -> int:
+        """Number of nodes in the main graph."""
+        return len(self.graph.nodes)
+
+    def __repr__(self) -> str:
+        return (f"Model({self.graph.name!r}, nodes={len(self)}, opset={self.opset}, "
+                f"ir_version={self.ir_version})")
+
+
+def iter_graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
+    """`graph` and every subgraph nested in its nodes' attributes (If/Loop/Scan bodies)."""
+    stack = [graph]
+    while stack:
+        current = stack.pop()
+        yield current
+        for node in current.nodes:
+            stack.extend(reversed(subgraphs(node)))
+
+
+def subgraphs(node: gs.Node) -> list[gs.Graph]:
+    """The graphs held in a node's attributes, in attribute order."""
+    found: list[gs.Graph] = []
+    for value in node.attrs.values():
+        if isinstance(value, gs.Graph):
+            found.append(value)
+        elif isinstance(value, list | tuple):
+            found.extend(v for v in value if isinstance(v, gs.Graph))
+    return found

@@ -1,0 +1,14 @@
+"""Passes: every transformation onnxpress applies, registered by name on import."""
+
+from onnxpress.passes.base import Context, Pass, PassResult, get, registered, resolve
+from onnxpress.passes.cleanup.constants import FoldConstants
+from onnxpress.passes.cleanup.dead_code import EliminateDeadCode
+from onnxpress.passes.cleanup.identity import EliminateIdentity
+from onnxpress.passes.cleanup.pipeline import Cleanup
+from onnxpress.passes.manager import DumpAfterEach, PassManager, PassRecord, Report
+
+__all__ = [
+    "Cleanup", "Context", "DumpAfterEach", "EliminateDeadCode", "EliminateIdentity",
+    "FoldConstants", "Pass", "PassManager", "PassRecord", "PassResult", "Report", "get",
+    "registered", "resolve",
+]

@@ -1,0 +1,140 @@
+"""The pass protocol: `Pass`, `PassResult`, `Context` and the registry.
+
+A pass is a frozen dataclass whose fields are its options. Defining a subclass with a `name`
+registers it under that name (the key used by the CLI, reports and saved metadata), so adding a
+pass is one module and one test file. A pass mutates the model in place; `optimize` copies the
+user's model once beforehand.
+
+Contract: a pass with nothing to do returns ``PassResult(changed=False)``; a pass that cannot
+run raises (`PreconditionError` from `requires`) with the reason. Nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from onnxpress.errors import PassError
+
+if TYPE_CHECKING:
+    from onnxpress.ir.model import Model
+    from onnxpress.runtime.data import DataSource
+    from onnxpress.targets import Target
+
+_REGISTRY: dict[str, type[Pass]] = {}
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """What a pass did: whether the model changed, and pass-specific counters."""
+
+    changed: bool
+    stats: Mapping[str, Any] = field(default_factory=dict)
+
+
+def no_progress(description: str, total: int | None = None) -> Callable[[int], None]:
+    """The default progress sink: ignores progress reports."""
+    return lambda advance=1: None
+
+
+@dataclass
+class Context:
+    """What passes share during one pipeline run; nothing is global.
+
+    Attributes:
+        target: The backend the model is compiled for.
+        data: Sample inputs (calibration, reconstruction, numeric verification).
+        calibration: Activation ranges, written by calibrate and read by the quantizers.
+        reference: The untouched input model: the teacher and the numeric reference.
+        progress: ``progress(description, total)`` returns an ``advance(n=1)`` callback; the
+            CLI draws rich progress bars with it.
+    """
+
+    target: Target
+    data: DataSource | None = None
+    calibration: Any = None
+    reference: Model | None = None
+    progress: Callable[..., Callable[[int], None]] = no_progress
+
+
+class Pass:
+    """One transformation of a model. Subclasses are frozen dataclasses; fields are options.
+
+    Class attributes:
+        name: Registry key ("fuse-batchnorm"); set it to register the subclass.
+        exact: Whether the pass preserves outputs within float tolerance.
+        preserves: Analyses (functions) still valid after the pass changes the model.
+        rtol, atol: Tolerance of numeric verification for an exact pass.
+    """
+
+    name: ClassVar[str]
+    exact: ClassVar[bool] = True
+    preserves: ClassVar[frozenset] = frozenset()
+    rtol: ClassVar[float] = 1e-4
+    atol: ClassVar[float] = 1e-5
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            if cls.name in _REGISTRY and _REGISTRY[cls.name].__qualname__ != cls.__qualname__:
+                raise TypeError(f"pass name '{cls.name}' is taken by {_REGISTRY[cls.name]}")
+            _REGISTRY[cls.name] = cls
+
+    def requires(self, model: Model, ctx: Context) -> None:
+        """Raise `PreconditionError` with what to do if the pass cannot run yet."""
+
+    def run(self, model: Model, ctx: Context) -> PassResult:
+        """Transform `model` in place."""
+        raise NotImplementedError(f"pass '{self.name}' does not implement run()")
+
+    def options(self) -> dict[str, Any]:
+        """The pass's options (its dataclass fields), for reports and metadata."""
+        if dataclasses.is_dataclass(self):
+            return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {}
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-friendly form of an option value."""
+    if isinstance(value, Pass):
+        return value.name
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return repr(value)
+
+
+def get(name: str) -> type[Pass]:
+    """The pass class registered under `name`.
+
+    Raises:
+        PassError: naming the unknown pass and listing the known ones.
+    """
+    _import_builtin_passes()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise PassError(f"unknown pass '{name}'; known passes: {', '.join(sorted(_REGISTRY))}"
+                        ) from None
+
+
+def registered() -> dict[str, type[Pass]]:
+    """All registered passes by name (built-in ones imported first)."""
+    _import_builtin_passes()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def resolve(spec: Pass | str) -> Pass:
+    """A pass object from an object or a registry name (with default options)."""
+    if isinstance(spec, Pass):
+        return spec
+    if isinstance(spec, str):
+        return get(spec.strip())()
+    raise PassError(f"not a pass: {spec!r}; give a Pass object or a registered name")
+
+
+def _import_builtin_passes() -> None:
+    import onnxpress.passes  # noqa: F401  (importing registers the built-in passes)

@@ -1,0 +1,1 @@
+"""Exact cleanup passes: constant folding, dead code, identity elimination."""

@@ -1,0 +1,185 @@
+"""Constant folding: compute at compile time what does not depend on the model's inputs.
+
+Three rewrites, in this order:
+
+1. ``Constant`` nodes become initializers. Paddle and TensorFlow exporters store every weight
+   in a Constant node; quantizers and fusions that look only at initializers would otherwise
+   skip those weights.
+2. ``Shape`` / ``Size`` of a tensor whose shape is fully static (by ONNX shape inference)
+   become int64 initializers, so shape arithmetic built on them folds too.
+3. Every node whose inputs are all constant is evaluated — all at once, by one onnxruntime run
+   of the sub-model made of those nodes — and the *frontier* (constant tensors read by a node
+   that is not folded) is replaced by initializers. The nodes behind the frontier then have no
+   readers and go to dead code.
+
+Never folded: QuantizeLinear / DequantizeLinear (folding DQ(int8 weight) would undo
+quantization and quadruple the file), random ops, nodes with subgraphs, custom-domain ops, and
+nodes producing graph outputs. A frontier tensor bigger than ``size_limit`` bytes that is also
+bigger than the initializers it is computed from stays computed at run time (folding
+ConstantOfShape / Expand / Tile must not inflate the file).
+
+Exact: folded values are what onnxruntime computes at run time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxpress.ir import analyses
+from onnxpress.ir.edit import consumers, dead_code, is_graph_output, remove, replace_uses
+from onnxpress.ir.model import Model, iter_graphs, subgraphs
+from onnxpress.passes.base import Context, Pass, PassResult
+
+NEVER_FOLD = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
+    "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
+    "Bernoulli", "Shape", "Size",
+})
+
+_SCALAR_ATTRS = {
+    "value_float": np.float32, "value_floats": np.float32, "value_int": np.int64,
+    "value_ints": np.int64,
+}
+
+
+@dataclass(frozen=True)
+class FoldConstants(Pass):
+    """Turn Constant nodes into initializers and evaluate input-independent subgraphs."""
+
+    name: ClassVar[str] = "fold-constants"
+    size_limit: int = 1 << 20
+
+    def run(self, model: Model, ctx: Context) -> PassResult:
+        """Fold constants in place."""
+        constant_nodes = sum(_constant_nodes_to_initializers(model, g)
+                             for g in list(iter_graphs(model.graph)))
+        shapes = _fold_shapes(model)
+        folded, kept = _fold_subexpressions(model, self.size_limit)
+        removed = dead_code(model.graph) if (constant_nodes or shapes or folded) else 0
+        changed = bool(constant_nodes or shapes or folded)
+        return PassResult(changed, {"constant_nodes": constant_nodes, "shapes": shapes,
+                                    "folded_tensors": folded, "kept_large": kept,
+                                    "nodes_removed": removed})
+
+
+def _constant_value(node: gs.Node) -> np.ndarray | None:
+    """The value of a Constant node, or None for forms we leave alone (sparse, strings)."""
+    for key, value in node.attrs.items():
+        if key == "value" and isinstance(value, gs.Constant):
+            return np.asarray(value.values)
+        if key in _SCALAR_ATTRS:
+            return np.asarray(value, dtype=_SCALAR_ATTRS[key])
+    return None
+
+
+def _constant_nodes_to_initializers(model: Model, graph: gs.Graph) -> int:
+    """Replace Constant nodes of `graph` by initializers; return how many."""
+    done = []
+    for node in graph.nodes:
+        if node.op != "Constant" or node.domain not in (None, "", "ai.onnx"):
+            continue
+        out = node.outputs[0]
+        value = _constant_value(node)
+        if value is None or is_graph_output(graph, out):
+            continue
+        _replace_by_constant(model, graph, out, value)
+        done.append(node)
+    remove(graph, done)
+    return len(done)
+
+
+def _replace_by_constant(model: Model, graph: gs.Graph, tensor: gs.Tensor,
+                         value: np.ndarray) -> None:
+    """Readers of `tensor` read an initializer holding `value` instead; the initializer takes
+    the tensor's name (names key calibration tables and users' exclusion lists)."""
+    name = tensor.name
+    tensor.name = model.fresh_name(name + "_unfolded")
+    replace_uses(graph, tensor, gs.Constant(name, np.array(value, copy=True)))
+
+
+def _fold_shapes(model: Model) -> int:
+    """Replace Shape/Size of statically shaped tensors by initializers; return how many."""
+    model.analysis(analyses.shapes)
+    done = []
+    for node in model.graph.nodes:
+        if node.op not in ("Shape", "Size") or is_graph_output(model.graph, node.outputs[0]):
+            continue
+        shape = node.inputs[0].shape
+        if shape is None or not all(isinstance(d, int) and d >= 0 for d in shape):
+            continue
+        if node.op == "Size":
+            value = np.array(int(np.prod(shape)), dtype=np.int64)
+        else:
+            start, end = node.attrs.get("start", 0), node.attrs.get("end", len(shape))
+            value = np.array(shape[slice(start, end)], dtype=np.int64)
+        _replace_by_constant(model, model.graph, node.outputs[0], value)
+        done.append(node)
+    if done:
+        model.invalidate()
+    return len(done)
+
+
+def _foldable(node: gs.Node, graph: gs.Graph, constant: set[int]) -> bool:
+    return (node.op not in NEVER_FOLD and node.domain in (None, "", "ai.onnx")
+            and not subgraphs(node)
+            and all(t.is_empty() or id(t) in constant for t in node.inputs)
+            and not any(is_graph_output(graph, t) for t in node.outputs))
+
+
+def _fold_subexpressions(model: Model, size_limit: int) -> tuple[int, int]:
+    """Evaluate all-constant nodes of the main graph; return (folded, kept because large)."""
+    graph = model.graph
+    user_inputs = {id(t) for t in graph.inputs}
+    constant: set[int] = set()
+    sources: dict[int, int] = {}  # tensor → bytes of the initializers it is computed from
+    folded_nodes: list[gs.Node] = []
+    for node in graph.nodes:
+        for t in node.inputs:
+            if isinstance(t, gs.Constant) and id(t) not in user_inputs:
+                constant.add(id(t))
+                sources.setdefault(id(t), int(t.values.nbytes))
+        if _foldable(node, graph, constant):
+            weight = sum(sources.get(id(t), 0) for t in node.inputs)
+            for out in node.outputs:
+                constant.add(id(out))
+                sources[id(out)] = weight
+            folded_nodes.append(node)
+    inside = {id(n) for n in folded_nodes}
+    frontier = [out for n in folded_nodes for out in n.outputs
+                if not out.is_empty() and any(id(c) not in inside for c in consumers(out))]
+    if not frontier:
+        return 0, 0
+    values = _evaluate(model, folded_nodes, frontier)
+    folded = kept = 0
+    for tensor, value in zip(frontier, values, strict=True):
+        if value.nbytes > size_limit and value.nbytes > sources[id(tensor)]:
+            kept += 1
+            continue
+        _replace_by_constant(model, graph, tensor, value)
+        folded += 1
+    return folded, kept
+
+
+def _evaluate(model: Model, nodes: list[gs.Node], outputs: list[gs.Tensor]) -> list[np.ndarray]:
+    """Run `nodes` (which read only constants) in onnxruntime and return `outputs`' values."""
+    from onnxpress.runtime.session import session
+
+    proto_nodes = [gs.exporters.onnx_exporter.OnnxExporter.export_node(n) for n in nodes]
+    initializers, seen = [], set()
+    for node in nodes:
+        for t in node.inputs:
+            if isinstance(t, gs.Constant) and t.name not in seen:
+                seen.add(t.name)
+                initializers.append(onnx.numpy_helper.from_array(np.asarray(t.values), t.name))
+    graph = onnx.helper.make_graph(
+        proto_nodes, "fold", [], [onnx.helper.make_empty_tensor_value_info(t.name)
+                                  for t in outputs], initializers)
+    proto = onnx.helper.make_model(graph, ir_version=model.ir_version, opset_imports=[
+        onnx.helper.make_opsetid(d, v) for d, v in model.opsets.items()])
+    return session(proto.SerializeToString(), "cpu", optimize=False).run(
+        [t.name for t in outputs], {})

@@ -1,0 +1,202 @@
+"""Remove nodes that compute the identity function.
+
+For a no-op node ``y = op(x, ...)``, every reader of ``y`` reads ``x`` instead:
+
+- ``Identity``; inference ``Dropout`` (no ``training_mode``, or a constant false one, and the
+  mask output unused);
+- ``Reshape`` to the shape ``x`` already has, ``Transpose`` with ``perm = (0, 1, …)``,
+  ``Cast`` to ``x``'s own type, ``Pad`` with all-zero pads, ``Slice`` that keeps every element
+  (shapes from ONNX shape inference; only fully static shapes count);
+- ``Unsqueeze(Squeeze(x, a), a)`` and ``Squeeze(Unsqueeze(x, a), a)``: the outer node is
+  removed (the inner one goes to dead code if nothing else reads it). Squeeze without axes
+  removes every size-1 axis, which Unsqueeze cannot know, so it must have explicit axes.
+
+When ``y`` is a graph output, ``x`` takes its name — unless ``x`` is a graph input, another
+graph output or an initializer, whose names are part of the interface; then the node stays.
+
+Exact: each removed node returns its input unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxpress.ir import analyses
+from onnxpress.ir.edit import dead_code, is_graph_output, producer, replace_uses
+from onnxpress.ir.model import Model
+from onnxpress.passes.base import Context, Pass, PassResult
+
+INT64_MAX = np.iinfo(np.int64).max
+
+
+@dataclass(frozen=True)
+class EliminateIdentity(Pass):
+    """Remove Identity, inference Dropout and no-op Reshape/Transpose/Cast/Pad/Slice and
+    Squeeze/Unsqueeze pairs."""
+
+    name: ClassVar[str] = "eliminate-identity"
+
+    def run(self, model: Model, ctx: Context) -> PassResult:
+        """Bypass every no-op node of the main graph."""
+        model.analysis(analyses.shapes)
+        graph = model.graph
+        counts: dict[str, int] = {}
+        for node in list(graph.nodes):
+            source = _passthrough(node, model.opset)
+            if source is None or not _can_bypass(graph, node.outputs[0], source):
+                continue
+            replace_uses(graph, node.outputs[0], source, graph_outputs=True)
+            counts[node.op] = counts.get(node.op, 0) + 1
+        if counts:
+            dead_code(graph)
+        return PassResult(bool(counts), counts)
+
+
+def _can_bypass(graph: gs.Graph, out: gs.Tensor, source: gs.Tensor) -> bool:
+    """Whether readers of `out` may read `source` instead without changing the interface."""
+    if not is_graph_output(graph, out):
+        return True
+    interface = (isinstance(source, gs.Constant) or is_graph_output(graph, source)
+                 or any(t is source for t in graph.inputs))
+    return not interface
+
+
+def _passthrough(node: gs.Node, opset: int) -> gs.Tensor | None:
+    """The tensor `node` returns unchanged, or None if it is not a no-op."""
+    if node.domain not in (None, "", "ai.onnx") or not node.inputs:
+        return None
+    if node.op in _NO_OP:
+        return node.inputs[0] if _NO_OP[node.op](node, node.inputs[0], opset) else None
+    if node.op in _INVERSE:
+        return _undone(node)
+    return None
+
+
+def _static(t: gs.Tensor) -> tuple[int, ...] | None:
+    shape = t.values.shape if isinstance(t, gs.Constant) else t.shape
+    if shape is None or not all(isinstance(d, int) and d >= 0 for d in shape):
+        return None
+    return tuple(shape)
+
+
+def _const(node: gs.Node, index: int, attr: str | None = None) -> np.ndarray | None:
+    """Input `index` if it is a constant, else attribute `attr` (older opsets), else None."""
+    if index < len(node.inputs) and not node.inputs[index].is_empty():
+        t = node.inputs[index]
+        return np.asarray(t.values) if isinstance(t, gs.Constant) else None
+    if attr is not None and attr in node.attrs:
+        return np.asarray(node.attrs[attr])
+    return None
+
+
+def _dtype(t: gs.Tensor):
+    return t.values.dtype if isinstance(t, gs.Constant) else t.dtype
+
+
+def _identity(node, x, opset) -> bool:
+    return True
+
+
+def _dropout(node, x, opset) -> bool:
+    if len(node.outputs) > 1 and node.outputs[1].outputs:
+        return False  # the mask is used
+    training = _const(node, 2)
+    if len(node.inputs) > 2 and not node.inputs[2].is_empty():
+        return training is not None and not bool(training)
+    return True
+
+
+def _reshape(node, x, opset) -> bool:
+    shape, target = _static(x), _const(node, 1, "shape")
+    if shape is None or target is None or len(target) != len(shape):
+        return False
+    allowzero = node.attrs.get("allowzero", 0)
+    resolved = [d if (t == 0 and not allowzero) else t for d, t in zip(shape, target.tolist())]
+    if resolved.count(-1) == 1:
+        known = int(np.prod([d for d in resolved if d != -1]))
+        resolved[resolved.index(-1)] = int(np.prod(shape)) // known if known else -1
+    return tuple(resolved) == shape
+
+
+def _transpose(node, x, opset) -> bool:
+    perm = node.attrs.get("perm")
+    return perm is not None and list(perm) == list(range(len(perm)))
+
+
+def _cast(node, x, opset) -> bool:
+    dtype = _dtype(x)
+    return dtype is not None and np.dtype(dtype) == onnx.helper.tensor_dtype_to_np_dtype(
+        node.attrs["to"])
+
+
+def _pad(node, x, opset) -> bool:
+    pads = _const(node, 1, "pads")
+    if pads is None or np.any(pads != 0):
+        return False
+    # opset >= 18 `axes` input only restricts where the zeros apply.
+    return True
+
+
+def _slice(node, x, opset) -> bool:
+    shape = _static(x)
+    if opset < 10:  # starts / ends / axes were attributes; there were no steps
+        starts, ends, axes = (_const(node, 99, a) for a in ("starts", "ends", "axes"))
+        steps = None
+    else:
+        starts, ends, axes, steps = (_const(node, i) for i in (1, 2, 3, 4))
+    if starts is None or ends is None or (len(node.inputs) > 3 and axes is None
+                                          and not node.inputs[3].is_empty()):
+        return False
+    axes = axes if axes is not None else np.arange(len(starts))
+    steps = steps if steps is not None else np.ones(len(starts), dtype=np.int64)
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        if start != 0 or step != 1:
+            return False
+        if end < INT64_MAX // 2:
+            if shape is None or end < shape[int(axis)]:
+                return False
+    return True
+
+
+def _axes(node: gs.Node, rank: int | None) -> list[int] | None:
+    axes = _const(node, 1, "axes")
+    if axes is None:
+        return None
+    axes = axes.reshape(-1).tolist()
+    if any(a < 0 for a in axes):
+        if rank is None:
+            return None
+        axes = [a % rank for a in axes]
+    return sorted(axes)
+
+
+def _rank(t: gs.Tensor) -> int | None:
+    shape = t.values.shape if isinstance(t, gs.Constant) else t.shape
+    return len(shape) if shape is not None else None
+
+
+def _undone(outer: gs.Node) -> gs.Tensor | None:
+    """For ``outer(inner(x, a), a)`` with inner the inverse of outer, return x."""
+    inner = producer(outer.inputs[0])
+    if inner is None or inner.op != _INVERSE[outer.op] or inner.domain not in (None, "",
+                                                                               "ai.onnx"):
+        return None
+    # Axes are counted in the rank of the tensor that has them: the input of an outer
+    # Unsqueeze's inner Squeeze, or the intermediate between Unsqueeze and an outer Squeeze.
+    rank = _rank(inner.inputs[0]) if outer.op == "Unsqueeze" else _rank(outer.inputs[0])
+    inner_axes, outer_axes = _axes(inner, rank), _axes(outer, rank)
+    if inner_axes is None or inner_axes != outer_axes:
+        return None
+    return inner.inputs[0]
+
+
+_NO_OP = {
+    "Identity": _identity, "Dropout": _dropout, "Reshape": _reshape, "Transpose": _transpose,
+    "Cast": _cast, "Pad": _pad, "Slice": _slice,
+}
+_INVERSE = {"Unsqueeze": "Squeeze", "Squeeze": "Unsqueeze"}

@@ -1,0 +1,1 @@
+"""Running models: onnxruntime sessions, data sources, benchmarks and comparisons."""
