@@ -31,7 +31,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxpress.ir import analyses
-from onnxpress.ir.edit import consumers, dead_code, is_graph_output, remove, replace_uses
+from onnxpress.ir.edit import (consumers, dead_code, is_graph_output, producer, remove,
+                               replace_uses)
 from onnxpress.ir.model import Model, iter_graphs, subgraphs
 from onnxpress.passes.base import Context, Pass, PassResult
 
@@ -103,25 +104,59 @@ def _replace_by_constant(model: Model, graph: gs.Graph, tensor: gs.Tensor,
 
 
 def _fold_shapes(model: Model) -> int:
-    """Replace Shape/Size of statically shaped tensors by initializers; return how many."""
+    """Replace shape queries that shape inference answers by initializers; return how many.
+
+    ``Shape`` / ``Size`` of a fully static tensor, and ``Gather(Shape(x), i)`` with constant
+    indices that pick only static axes of an otherwise dynamic shape (the batch-size
+    arithmetic exporters emit).
+    """
     model.analysis(analyses.shapes)
     done = []
     for node in model.graph.nodes:
-        if node.op not in ("Shape", "Size") or is_graph_output(model.graph, node.outputs[0]):
+        value = _shape_query(node)
+        if value is None or is_graph_output(model.graph, node.outputs[0]):
             continue
-        shape = node.inputs[0].shape
-        if shape is None or not all(isinstance(d, int) and d >= 0 for d in shape):
-            continue
-        if node.op == "Size":
-            value = np.array(int(np.prod(shape)), dtype=np.int64)
-        else:
-            start, end = node.attrs.get("start", 0), node.attrs.get("end", len(shape))
-            value = np.array(shape[slice(start, end)], dtype=np.int64)
         _replace_by_constant(model, model.graph, node.outputs[0], value)
         done.append(node)
     if done:
         model.invalidate()
     return len(done)
+
+
+def _shape_query(node: gs.Node) -> np.ndarray | None:
+    """The value of a Shape / Size / Gather-of-Shape node if the static shape determines it."""
+    if node.op == "Gather" and node.attrs.get("axis", 0) == 0:
+        source, indices = producer(node.inputs[0]), node.inputs[1]
+        if source is None or source.op != "Shape" or not isinstance(indices, gs.Constant):
+            return None
+        dims = _dims(source)
+        picked = np.asarray(indices.values)
+        if dims is None or not picked.size:
+            return None
+        values = [dims[int(i)] for i in picked.reshape(-1)]
+        if not all(_known(d) for d in values):
+            return None
+        return np.array(values, dtype=np.int64).reshape(picked.shape)
+    if node.op in ("Shape", "Size"):
+        dims = _dims(node) if node.op == "Shape" else node.inputs[0].shape
+        if dims is None or not all(_known(d) for d in dims):
+            return None
+        return (np.array(dims, dtype=np.int64) if node.op == "Shape"
+                else np.array(int(np.prod(dims)), dtype=np.int64))
+    return None
+
+
+def _dims(shape_node: gs.Node) -> list | None:
+    """The dims a Shape node returns (its start/end attributes applied), static or not."""
+    shape = shape_node.inputs[0].shape
+    if shape is None:
+        return None
+    start, end = shape_node.attrs.get("start", 0), shape_node.attrs.get("end", len(shape))
+    return list(shape)[slice(start, end)]
+
+
+def _known(d) -> bool:
+    return isinstance(d, int) and d >= 0
 
 
 def _foldable(node: gs.Node, graph: gs.Graph, constant: set[int]) -> bool:

@@ -112,15 +112,15 @@ def _dropout(node, x, opset) -> bool:
 
 
 def _reshape(node, x, opset) -> bool:
-    shape, target = _static(x), _const(node, 1, "shape")
+    """No-op when every target entry keeps its axis: 0 (copy, unless allowzero), the same
+    static size, or a single -1 while every other axis is kept."""
+    shape, target = x.shape, _const(node, 1, "shape")
     if shape is None or target is None or len(target) != len(shape):
         return False
-    allowzero = node.attrs.get("allowzero", 0)
-    resolved = [d if (t == 0 and not allowzero) else t for d, t in zip(shape, target.tolist())]
-    if resolved.count(-1) == 1:
-        known = int(np.prod([d for d in resolved if d != -1]))
-        resolved[resolved.index(-1)] = int(np.prod(shape)) // known if known else -1
-    return tuple(resolved) == shape
+    copy_zero = not node.attrs.get("allowzero", 0)
+    kept = [(t == 0 and copy_zero) or (isinstance(d, int) and t == d)
+            for d, t in zip(shape, target.tolist())]
+    return all(kept) or (kept.count(False) == 1 and target.tolist()[kept.index(False)] == -1)
 
 
 def _transpose(node, x, opset) -> bool:
