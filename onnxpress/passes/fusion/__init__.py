@@ -1,0 +1,1 @@
+"""Exact fusions: declarative `Rule`s that merge op sequences into the ops backends run fast."""
