@@ -1,15 +1,92 @@
 """Targets: the backend a model is compiled for, and what it runs fast.
 
 A `Target` names the onnxruntime execution providers that run the model and the package that
-provides them. Quantization placement rules (which ops get Q/DQ on which inputs, dtypes,
-symmetry) belong here too, as op tables, so that passes never hard-code a backend's rules.
+provides them, and holds the backend's quantization placement rules as an op table: for each
+op type, which inputs get Q/DQ as activations, which input is the weight and its per-channel
+axis, whether the bias is stored int32, and whether the output is quantized. Passes read the
+table; they never hard-code a backend's rules.
+
+- ``cpu`` follows onnxruntime's QDQ node-unit selectors (reference rules R-A1..A6): a unit is
+  fused into an int8 kernel only if every real input comes from a DequantizeLinear and every
+  output edge goes to a QuantizeLinear (Conv, Add, Concat, pools); MatMul / Gemm fuse with or
+  without the output Q (MatMulIntegerToFloat / QGemm); data-movement ops fuse only when input
+  and output share scale and zero point.
+- ``tensorrt`` follows TensorRT's explicit-quantization rules (R-B1..B5): symmetric int8
+  everywhere, Q/DQ on both inputs of weighted ops, no Q on their outputs, float bias.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+import numpy as np
+import onnx_graphsurgeon as gs
 
 from onnxpress.errors import TargetError
+
+#: How a quantized op's output is treated: always Q'd (the unit needs it to fuse), Q'd only
+#: when a reader is quantized too, never, or Q'd with the input's parameters (data movement).
+OutputRule = Literal["always", "if-read", "never", "same-as-input"]
+
+
+@dataclass(frozen=True)
+class QRule:
+    """How one op type is quantized on a target.
+
+    Attributes:
+        activations: Indices of the inputs quantized as activations (None: all inputs).
+        weight: Index of the constant weight input, if any.
+        weight_axis: Per-channel axis of the weight, or a function of the node giving it.
+        bias: Index of a bias input stored as int32 (scale s_x * s_w), if the target wants it.
+        output: How the output is treated (see `OutputRule`).
+    """
+
+    activations: tuple[int, ...] | None = (0,)
+    weight: int | None = None
+    weight_axis: int | Callable[[gs.Node], int] | None = None
+    bias: int | None = None
+    output: OutputRule = "always"
+
+    def axis(self, node: gs.Node) -> int | None:
+        """The weight's per-channel axis for `node`."""
+        return self.weight_axis(node) if callable(self.weight_axis) else self.weight_axis
+
+
+def _gemm_axis(node: gs.Node) -> int:
+    """Gemm computes A·B (or A·Bᵀ with transB): output channels are B's axis 1 (or 0)."""
+    return 0 if node.attrs.get("transB", 0) else 1
+
+
+_DATA_MOVEMENT = QRule(output="same-as-input")
+
+CPU_RULES = MappingProxyType({
+    "Conv": QRule(weight=1, weight_axis=0, bias=2, output="always"),
+    "Gemm": QRule(weight=1, weight_axis=_gemm_axis, bias=2, output="if-read"),
+    "MatMul": QRule(weight=1, weight_axis=1, output="if-read"),
+    "Add": QRule(activations=(0, 1)),
+    "Mul": QRule(activations=(0, 1)),
+    "Concat": QRule(activations=None),
+    "GlobalAveragePool": QRule(),
+    "AveragePool": QRule(),
+    "MaxPool": _DATA_MOVEMENT,
+    "Reshape": _DATA_MOVEMENT,
+    "Flatten": _DATA_MOVEMENT,
+    "Transpose": _DATA_MOVEMENT,
+    "Squeeze": _DATA_MOVEMENT,
+    "Unsqueeze": _DATA_MOVEMENT,
+    "Resize": _DATA_MOVEMENT,
+})
+
+TENSORRT_RULES = MappingProxyType({
+    "Conv": QRule(weight=1, weight_axis=0, output="never"),
+    "ConvTranspose": QRule(weight=1, weight_axis=1, output="never"),
+    "Gemm": QRule(weight=1, weight_axis=_gemm_axis, output="never"),
+    "MatMul": QRule(weight=1, weight_axis=1, output="never"),
+    "Add": QRule(activations=(0, 1), output="never"),
+})
 
 
 @dataclass(frozen=True)
@@ -25,6 +102,11 @@ class Target:
     name: str
     providers: tuple[str, ...]
     package: str
+    quantization: Mapping[str, QRule] = field(default_factory=dict)
+    activation_dtype: type = np.uint8
+    symmetric_activations: bool = False
+    #: Ops that stay float whatever the table says (numerically fragile in transformers).
+    float_ops: frozenset = frozenset({"LayerNormalization", "Softmax"})
 
     def check_available(self) -> None:
         """Raise `TargetError` naming the package to install if the provider is missing."""
@@ -39,10 +121,14 @@ class Target:
 
 
 TARGETS = {
-    "cpu": Target("cpu", ("CPUExecutionProvider",), "onnxruntime"),
+    # uint8 activations: on x86 onnxruntime fuses int8 activations only after converting them
+    # to uint8 itself, and measured slower than FP32 when given int8 (issue #4's figures).
+    "cpu": Target("cpu", ("CPUExecutionProvider",), "onnxruntime", CPU_RULES, np.uint8, False),
+    # onnxruntime's CUDA EP has no fused int8 Conv/MatMul (R-A7): quantize for tensorrt instead.
     "cuda": Target("cuda", ("CUDAExecutionProvider", "CPUExecutionProvider"), "onnxruntime-gpu"),
     "tensorrt": Target("tensorrt", ("TensorrtExecutionProvider", "CUDAExecutionProvider",
-                                    "CPUExecutionProvider"), "onnxruntime-gpu (with TensorRT)"),
+                                    "CPUExecutionProvider"), "onnxruntime-gpu (with TensorRT)",
+                       TENSORRT_RULES, np.int8, True),
 }
 
 

@@ -100,6 +100,9 @@ class Model:
         self.graph.opset = self.opsets.get("", self.graph.opset)
         opset_imports = [onnx.helper.make_opsetid(d, v) for d, v in sorted(self.opsets.items())]
         proto = gs.export_onnx(self.graph, do_type_check=False, opset_imports=opset_imports)
+        # Intermediate shapes are annotations that rewrites (pruning, reshaping) can make stale,
+        # and a stale value_info makes onnxruntime reject the model; runtimes re-infer them.
+        del proto.graph.value_info[:]
         proto.ir_version = self.ir_version
         proto.doc_string = self.doc_string
         for key, value in self.extra.items():

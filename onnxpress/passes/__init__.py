@@ -5,10 +5,12 @@ from onnxpress.passes.cleanup.constants import FoldConstants
 from onnxpress.passes.cleanup.dead_code import EliminateDeadCode
 from onnxpress.passes.cleanup.identity import EliminateIdentity
 from onnxpress.passes.cleanup.pipeline import Cleanup
+from onnxpress.passes.fusion.batchnorm import FuseBatchNorm
 from onnxpress.passes.manager import DumpAfterEach, PassManager, PassRecord, Report
+from onnxpress.passes.quantize.static import QuantizeStatic
 
 __all__ = [
     "Cleanup", "Context", "DumpAfterEach", "EliminateDeadCode", "EliminateIdentity",
-    "FoldConstants", "Pass", "PassManager", "PassRecord", "PassResult", "Report", "get",
+    "FoldConstants", "FuseBatchNorm", "Pass", "PassManager", "PassRecord", "PassResult", "QuantizeStatic", "Report", "get",
     "registered", "resolve",
 ]

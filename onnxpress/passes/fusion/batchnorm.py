@@ -68,14 +68,17 @@ def _bias(node: gs.Node, channels: int) -> np.ndarray:
 
 
 def _folded(m: Match, b: Builder, node: gs.Node, axis: int) -> tuple[gs.Constant, gs.Constant]:
-    """The scaled weight (channel on `axis`) and the new bias, as new initializers."""
-    w = np.asarray(node.inputs[1].values)
+    """The scaled weight (channel on `axis`) and the new bias, as new initializers named
+    after the original weight (users' exclusion lists and reports refer to those names)."""
+    weight = node.inputs[1]
+    w = np.asarray(weight.values)
     s, t = _scale_shift(m)
     shape = [1] * w.ndim
     shape[axis] = -1
     new_w = (w.astype(np.float64) * s.reshape(shape)).astype(w.dtype)
     new_b = (_bias(node, s.size) * s + t).astype(w.dtype)
-    return b.const(new_w, "weight"), b.const(new_b, "bias")
+    return (b.model.constant(weight.name, new_w),
+            b.model.constant(f"{weight.name.removesuffix('weight')}bias", new_b))
 
 
 class ConvBatchNorm(Rule):

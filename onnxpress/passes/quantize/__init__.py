@@ -1,0 +1,1 @@
+"""Quantization passes: Q/DQ placement for static, dynamic and weight-only int8."""

@@ -1,0 +1,155 @@
+"""The Q/DQ primitive: quantization parameters and the nodes that carry them.
+
+Affine quantization maps a real value ``r`` to an integer ``q`` of a type with range
+``[q_min, q_max]`` through a scale ``s > 0`` and a zero point ``z``:
+
+    q = clamp(round(r / s) + z, q_min, q_max)          (QuantizeLinear)
+    r ≈ (q - z) * s                                   (DequantizeLinear)
+
+For a calibrated range ``[lo, hi]`` (always widened to contain 0, so that zero — padding,
+ReLU's floor — is exact):
+
+- symmetric: ``z = 0`` (0 for uint8 is 128), ``s = max(|lo|, |hi|) / ((q_max - q_min) / 2)``;
+- asymmetric: ``s = (hi - lo) / (q_max - q_min)``, ``z = round(q_min - lo / s)``.
+
+Weights are quantized here, once, and stored as integer initializers followed by a
+DequantizeLinear, so the file shrinks ~4× and the runtime sees the exact node unit it fuses.
+A bias feeding an int8 Conv/Gemm is stored as int32 with scale ``s_x · s_w`` and zero point 0:
+then the integer accumulator ``Σ q_x q_w`` and the bias share one scale and add exactly.
+Activations get a QuantizeLinear → DequantizeLinear pair on the tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxpress.ir.edit import consumers, insert_after, insert_before, producer
+from onnxpress.ir.model import Model
+
+#: Smallest scale we emit: a zero scale is invalid for onnxruntime and TensorRT.
+MIN_SCALE = 1e-12
+
+INT_RANGES = {
+    np.dtype(np.int8): (-128, 127), np.dtype(np.uint8): (0, 255),
+    np.dtype(np.int32): (-(2**31), 2**31 - 1),
+}
+
+
+@dataclass(frozen=True)
+class QParams:
+    """Scale and zero point of one tensor (arrays for per-channel, scalars otherwise)."""
+
+    scale: np.ndarray
+    zero_point: np.ndarray
+    axis: int | None = None
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The integer type."""
+        return self.zero_point.dtype
+
+
+def qparams(lo: float | np.ndarray, hi: float | np.ndarray, dtype=np.int8, *,
+            symmetric: bool, axis: int | None = None, narrow: bool = False) -> QParams:
+    """Quantization parameters for the real range [lo, hi] (per channel if arrays).
+
+    Args:
+        lo, hi: Range ends, scalars or one value per channel.
+        dtype: np.int8 or np.uint8.
+        symmetric: Zero point at the middle of the type's range.
+        axis: Channel axis for per-channel parameters.
+        narrow: Use [-127, 127] for symmetric int8 (weights: keeps the range symmetric, as
+            TensorRT and onnxruntime's symmetric weights do).
+    """
+    dtype = np.dtype(dtype)
+    q_min, q_max = INT_RANGES[dtype]
+    if narrow and dtype == np.int8:
+        q_min = -127
+    lo = np.minimum(np.asarray(lo, np.float64), 0.0)
+    hi = np.maximum(np.asarray(hi, np.float64), 0.0)
+    if symmetric:
+        amax = np.maximum(np.abs(lo), np.abs(hi))
+        scale = amax / ((q_max - q_min) / 2.0)
+        zero = np.full_like(scale, 0 if dtype == np.int8 else 128)
+    else:
+        scale = (hi - lo) / (q_max - q_min)
+        zero = np.round(q_min - lo / np.maximum(scale, MIN_SCALE))
+    scale = np.maximum(scale, MIN_SCALE).astype(np.float32)
+    zero = np.clip(zero, q_min, q_max).astype(dtype)
+    return QParams(scale, zero, axis)
+
+
+def quantize_array(values: np.ndarray, p: QParams) -> np.ndarray:
+    """`values` quantized with `p` (broadcast along `p.axis` for per-channel)."""
+    scale, zero = p.scale, p.zero_point.astype(np.int64)
+    if p.axis is not None and scale.ndim:
+        shape = [1] * values.ndim
+        shape[p.axis] = -1
+        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    q_min, q_max = INT_RANGES[p.dtype]
+    q = np.round(values.astype(np.float64) / scale) + zero
+    return np.clip(q, q_min, q_max).astype(p.dtype)
+
+
+def weight_qparams(values: np.ndarray, axis: int | None, dtype=np.int8) -> QParams:
+    """Symmetric parameters for a weight, per channel along `axis` (None: per tensor)."""
+    if axis is None:
+        amax = np.abs(values).max(initial=0.0)
+        return qparams(-amax, amax, dtype, symmetric=True, narrow=True)
+    reduce = tuple(i for i in range(values.ndim) if i != axis)
+    amax = np.abs(values).max(axis=reduce, initial=0.0)
+    return qparams(-amax, amax, dtype, symmetric=True, axis=axis, narrow=True)
+
+
+def _dq_node(model: Model, q: gs.Constant, p: QParams, hint: str) -> tuple[gs.Node, gs.Variable]:
+    """DequantizeLinear of a constant, with an explicit zero point even when it is 0:
+    onnxruntime's Gemm selector does not fuse a unit whose DQ omits it (measured)."""
+    out = model.variable(f"{hint}_dq", dtype=np.float32, shape=list(q.values.shape))
+    attrs = {"axis": p.axis} if p.axis is not None and np.ndim(p.scale) else {}
+    inputs = [q, model.constant(f"{hint}_scale", p.scale),
+              model.constant(f"{hint}_zp", p.zero_point)]
+    node = model.node("DequantizeLinear", inputs, [out], hint=f"{hint}_dq", attrs=attrs)
+    return node, out
+
+
+def dequantized_constant(model: Model, reader: gs.Node, index: int, p: QParams,
+                         values: np.ndarray | None = None) -> gs.Variable:
+    """Store input `index` of `reader` (a float initializer) as integers + DequantizeLinear.
+
+    The new DQ node goes just before `reader` and feeds only it (onnxruntime wants one DQ per
+    node unit); the float initializer is left for other readers or dead code.
+    """
+    weight = reader.inputs[index]
+    values = np.asarray(weight.values) if values is None else values
+    q = model.constant(f"{weight.name}_q", quantize_array(values, p))
+    node, out = _dq_node(model, q, p, weight.name)
+    insert_before(model.graph, reader, [node])
+    reader.inputs[index] = out
+    return out
+
+
+def quantize_activation(model: Model, tensor: gs.Variable, p: QParams,
+                        readers: list[gs.Node] | None = None) -> gs.Variable:
+    """Insert QuantizeLinear → DequantizeLinear on `tensor`; `readers` (default: all) read the
+    dequantized tensor. Returns the DequantizeLinear output."""
+    hint = tensor.name
+    readers = consumers(tensor) if readers is None else readers  # before Q becomes a reader
+    scale = model.constant(f"{hint}_scale", p.scale)
+    zero = model.constant(f"{hint}_zp", p.zero_point)
+    quantized = model.variable(f"{hint}_q", dtype=p.dtype, shape=tensor.shape)
+    out = model.variable(f"{hint}_dq", dtype=tensor.dtype, shape=tensor.shape)
+    q = model.node("QuantizeLinear", [tensor, scale, zero], [quantized], hint=f"{hint}_q")
+    dq = model.node("DequantizeLinear", [quantized, scale, zero], [out], hint=f"{hint}_dq")
+    for reader in readers:
+        for i, t in enumerate(reader.inputs):
+            if t is tensor:
+                reader.inputs[i] = out
+    source = producer(tensor)
+    if source is not None:
+        insert_after(model.graph, source, [q, dq])
+    else:
+        model.graph.nodes[0:0] = [q, dq]
+    return out

@@ -1,0 +1,242 @@
+"""Static int8 quantization: Q/DQ placed where the target's runtime fuses int8 kernels.
+
+Given activation ranges from `calibrate`, the pass
+
+1. selects the nodes to quantize from the target's op table (`onnxpress.targets.QRule`),
+   the user's `op_types` / `exclude`, and these rules:
+   - a weighted op needs a constant float weight (an activation×activation MatMul stays float);
+   - an op whose unit needs an output Q is skipped when its output is a graph output
+     (onnxruntime never fuses such a unit, R-A1);
+   - in a transformer graph (one with LayerNormalization / Softmax, fused or decomposed) only
+     MatMul / Gemm with constant weights are quantized, without output Q (onnxruntime runs them
+     as MatMulIntegerToFloat / QGemm). Residual Adds, LayerNorm and Softmax inputs, attention
+     masks and embedding sums have ranges that int8 cannot hold next to the rest — quantizing
+     them is what drops onnxruntime's own quantizer to cosine 0.36 on MiniLM;
+2. plans one set of parameters per tensor:
+   - activations from their calibrated range (asymmetric uint8 on cpu, symmetric int8 on
+     tensorrt); a Conv/Gemm output read only by a Relu takes the Relu output's range and the
+     Q goes after the Relu, which onnxruntime then drops (its range already clips at 0);
+   - data-movement ops (Reshape, MaxPool, …) reuse their input's parameters, which they must
+     to fuse (R-A2);
+   - weights symmetric int8, per channel on the output-channel axis (Conv 0, ConvTranspose 1,
+     Gemm 1 or 0 by transB, MatMul 1), stored as int8 initializers + DequantizeLinear;
+   - a Conv / Gemm bias on cpu as int32 with scale s_x·s_w and zero point 0;
+3. inserts the Q/DQ nodes (`quantize/qdq.py`) and sweeps the float weights left unread.
+
+Lossy: outputs move by quantization error; `runtime.compare` measures by how much.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import warnings
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxpress.errors import PreconditionError
+from onnxpress.ir.edit import consumers, dead_code, is_graph_output, toposort
+from onnxpress.ir.model import Model
+from onnxpress.passes.base import Context, Pass, PassResult
+from onnxpress.passes.quantize.qdq import (
+    QParams,
+    dequantized_constant,
+    qparams,
+    quantize_activation,
+    weight_qparams,
+)
+from onnxpress.targets import QRule
+
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
+                     "MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul"})
+TRANSFORMER_MARKERS = frozenset({"LayerNormalization", "Softmax", "SkipLayerNormalization",
+                                 "Attention", "MultiHeadAttention"})
+WEIGHTED = frozenset({"MatMul", "Gemm"})
+ACTIVATION_FOLDS = frozenset({"Relu"})
+
+
+def is_quantized(model: Model) -> bool:
+    """Whether the model already carries quantization nodes."""
+    return any(n.op in QDQ_OPS for n in model.graph.nodes)
+
+
+def is_transformer(model: Model) -> bool:
+    """Whether the graph has attention / LayerNorm structure (fused or decomposed)."""
+    ops = {n.op for n in model.graph.nodes}
+    return bool(ops & TRANSFORMER_MARKERS) or {"ReduceMean", "Sqrt", "Div"} <= ops
+
+
+@dataclass(frozen=True)
+class QuantizeStatic(Pass):
+    """Insert Q/DQ for static int8 where the target fuses int8 kernels.
+
+    Attributes:
+        op_types: Only quantize these op types (default: the target's whole table).
+        exclude: Node names, op types or glob patterns to keep float.
+        per_channel: Per-channel weight scales (per-tensor otherwise).
+        activation_dtype: "uint8" or "int8" (default: the target's choice).
+        symmetric_activations: Override the target's activation symmetry.
+        transformer: "auto" detects transformer graphs; "on" / "off" force the choice.
+    """
+
+    name: ClassVar[str] = "quantize-static"
+    exact: ClassVar[bool] = False
+    op_types: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+    per_channel: bool = True
+    activation_dtype: str | None = None
+    symmetric_activations: bool | None = None
+    transformer: str = "auto"
+
+    def requires(self, model: Model, ctx: Context) -> None:
+        """Calibration must have run, and the target must have an int8 path."""
+        if not ctx.target.quantization:
+            raise PreconditionError(
+                f"target '{ctx.target.name}' has no fused int8 kernels in onnxruntime; "
+                "quantize for 'tensorrt' or 'cpu' instead")
+        if ctx.calibration is None and not is_quantized(model):
+            raise PreconditionError("quantize-static needs activation ranges: run 'calibrate' "
+                                    "first (with data=... / --data FILE)")
+
+    def run(self, model: Model, ctx: Context) -> PassResult:
+        """Quantize the model in place."""
+        if is_quantized(model):
+            return PassResult(False, {"skipped": "model is already quantized"})
+        rules = ctx.target.quantization
+        transformer = (is_transformer(model) if self.transformer == "auto"
+                       else self.transformer == "on")
+        selected = self._select(model, rules, transformer)
+        dtype = np.dtype(self.activation_dtype or ctx.target.activation_dtype)
+        symmetric = (ctx.target.symmetric_activations if self.symmetric_activations is None
+                     else self.symmetric_activations)
+        planner = _Planner(model, ctx.calibration, dtype, symmetric)
+        chosen = {id(n) for n in selected}
+        weights = 0
+        for node in selected:
+            rule = rules[node.op]
+            inputs = planner.inputs(node, rule)
+            if rule.weight is not None:
+                weights += self._quantize_weight(model, node, rule, inputs, ctx)
+            planner.output(node, rule, chosen, transformer)
+        for tensor, p in planner.plan:
+            quantize_activation(model, tensor, p)
+        dead_code(model.graph)
+        toposort(model.graph)
+        stats = {"nodes": len(selected), "activations": len(planner.plan), "weights": weights,
+                 "transformer": transformer, "activation_dtype": dtype.name}
+        for node in selected:
+            stats[node.op] = stats.get(node.op, 0) + 1
+        return PassResult(bool(selected), stats)
+
+    # ----------------------------------------------------------------------------------------
+    def _excluded(self, node: gs.Node) -> bool:
+        return any(fnmatch.fnmatchcase(node.name, pattern) or node.op == pattern
+                   for pattern in self.exclude)
+
+    def _select(self, model: Model, rules, transformer: bool) -> list[gs.Node]:
+        graph = model.graph
+        for pattern in self.exclude:
+            if not any(fnmatch.fnmatchcase(n.name, pattern) or n.op == pattern
+                       for n in graph.nodes):
+                warnings.warn(f"quantize-static: exclude pattern '{pattern}' matches no node",
+                              stacklevel=2)
+        selected = []
+        for node in graph.nodes:
+            rule = rules.get(node.op)
+            if rule is None or self._excluded(node):
+                continue
+            if self.op_types is not None and node.op not in self.op_types:
+                continue
+            if transformer and node.op not in WEIGHTED:
+                continue
+            if rule.weight is not None and not _float_constant(node, rule.weight):
+                continue
+            if rule.output in ("always", "same-as-input") and any(
+                    is_graph_output(graph, t) for t in node.outputs):
+                continue
+            selected.append(node)
+        return selected
+
+    def _quantize_weight(self, model: Model, node: gs.Node, rule: QRule,
+                         activation: list[QParams], ctx: Context) -> int:
+        values = np.asarray(node.inputs[rule.weight].values)
+        axis = rule.axis(node) if self.per_channel else None
+        p = weight_qparams(values, axis)
+        dequantized_constant(model, node, rule.weight, p, values)
+        if rule.bias is not None and len(node.inputs) > rule.bias and _float_constant(
+                node, rule.bias) and activation and float(node.attrs.get("beta", 1.0)) == 1.0:
+            bias = np.asarray(node.inputs[rule.bias].values, np.float64)
+            scale = (activation[0].scale.astype(np.float64) * p.scale).astype(np.float32)
+            bias_p = QParams(scale, np.zeros(scale.shape, np.int32), 0 if scale.ndim else None)
+            dequantized_constant(model, node, rule.bias, bias_p, bias)
+        return 1
+
+
+def _float_constant(node: gs.Node, index: int) -> bool:
+    t = node.inputs[index] if index < len(node.inputs) else None
+    return isinstance(t, gs.Constant) and np.asarray(t.values).dtype in (np.float32, np.float64)
+
+
+class _Planner:
+    """Decides the quantization parameters of each activation tensor, once per tensor."""
+
+    def __init__(self, model: Model, table, dtype: np.dtype, symmetric: bool) -> None:
+        self.model = model
+        self.table = table
+        self.dtype = dtype
+        self.symmetric = symmetric
+        self.params: dict[int, QParams] = {}
+        self.plan: list[tuple[gs.Variable, QParams]] = []
+
+    def _range(self, tensor: gs.Tensor) -> tuple[float, float]:
+        if tensor.name not in self.table:
+            raise PreconditionError(
+                f"the calibration table has no range for tensor '{tensor.name}'; run "
+                "'calibrate' on this model (after the passes that rename tensors)")
+        lo, hi = self.table[tensor.name]
+        return float(lo), float(hi)
+
+    def tensor(self, tensor: gs.Variable, p: QParams | None = None) -> QParams:
+        """The parameters of `tensor`, planning its Q/DQ on first use."""
+        if id(tensor) not in self.params:
+            if p is None:
+                p = qparams(*self._range(tensor), self.dtype, symmetric=self.symmetric)
+            self.params[id(tensor)] = p
+            self.plan.append((tensor, p))
+        return self.params[id(tensor)]
+
+    def inputs(self, node: gs.Node, rule: QRule) -> list[QParams]:
+        """Plan the node's activation inputs; return their parameters in input order."""
+        indices = range(len(node.inputs)) if rule.activations is None else rule.activations
+        found = []
+        for i in indices:
+            t = node.inputs[i] if i < len(node.inputs) else None
+            if isinstance(t, gs.Variable) and not t.is_empty() and i != rule.weight:
+                found.append(self.tensor(t))
+        return found
+
+    def output(self, node: gs.Node, rule: QRule, chosen: set[int], transformer: bool) -> None:
+        """Plan the node's output Q according to the rule (after a lone Relu reader, if any)."""
+        out = node.outputs[0]
+        if rule.output == "never":
+            return
+        if rule.output == "same-as-input":
+            self.tensor(out, self.params[id(node.inputs[0])])
+            return
+        target = self._after_activation(out)
+        if rule.output == "if-read" and (transformer or not any(
+                id(c) in chosen for c in consumers(target))):
+            return
+        self.tensor(target)
+
+    def _after_activation(self, out: gs.Variable) -> gs.Variable:
+        """The Relu output when `out` is read only by a Relu (the Q goes after it), else out."""
+        graph = self.model.graph
+        readers = consumers(out)
+        if (len(readers) == 1 and readers[0].op in ACTIVATION_FOLDS
+                and not is_graph_output(graph, out)
+                and not is_graph_output(graph, readers[0].outputs[0])):
+            return readers[0].outputs[0]
+        return out
