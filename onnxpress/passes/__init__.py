@@ -7,6 +7,7 @@ from onnxpress.passes.cleanup.identity import EliminateIdentity
 from onnxpress.passes.cleanup.pipeline import Cleanup
 from onnxpress.passes.fusion.batchnorm import FuseBatchNorm
 from onnxpress.passes.manager import DumpAfterEach, PassManager, PassRecord, Report
+from onnxpress.passes.quantize.dynamic import QuantizeDynamic
 from onnxpress.passes.quantize.static import QuantizeStatic
 
 __all__ = [
