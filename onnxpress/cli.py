@@ -18,10 +18,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import onnx_graphsurgeon as gs
 import onnxruntime as ort
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                           TimeElapsedColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Column, Table
 
 from onnxpress import demo
@@ -49,8 +56,10 @@ class _UsageError(Exception):
 
 
 class _ArgumentParser(argparse.ArgumentParser):
-    """argparse prints usage and exits on a bad command line; raise instead, so `main` can
-    print one line and return a status (subparsers inherit this class)."""
+    """An ArgumentParser that raises `_UsageError` instead of printing usage and exiting.
+
+    This lets `main` print one line and return a status; subparsers inherit the class.
+    """
 
     def error(self, message: str) -> None:  # type: ignore[override]
         """Raise `_UsageError` with argparse's message."""
@@ -142,6 +151,7 @@ def _shape(shape: Sequence | None) -> str:
 
 
 def _report_table(report: Report) -> Table:
+    """The optimize report: one row per pass run."""
     table = Table("pass", "changed", "time (s)", "nodes", "bytes", "stats",
                   title="passes")
     for r in report.records:
@@ -154,7 +164,7 @@ def _report_table(report: Report) -> Table:
 
 
 def _change(before: int, after: int) -> str:
-    """``"147.2 KiB → 98.0 KiB (−33.4%)"``."""
+    """``"147.2 KiB → 98.0 KiB (-33.4%)"``."""
     percent = f" ({(after - before) / before:+.1%})" if before else ""
     return f"{_size(before)} → {_size(after)}{percent}"
 
@@ -182,8 +192,9 @@ def _inspect(args: argparse.Namespace, ui: _Ui) -> None:
     interface = Table("", "name", "dtype", "shape", title="inputs and outputs")
     for kind, tensors in (("input", model.graph.inputs), ("output", model.graph.outputs)):
         for t in tensors:
-            interface.add_row(kind, t.name, _dtype(getattr(t, "dtype", None)),
-                              _shape(getattr(t, "shape", None)))
+            # Old exporters list initializers as inputs too; they need not be fed.
+            interface.add_row(f"{kind} (initializer)" if isinstance(t, gs.Constant) else kind,
+                              t.name, _dtype(t.dtype), _shape(t.shape))
     ui.out.print(interface)
 
     ops = Counter(f"{n.domain}.{n.op}" if n.domain not in (None, "", "ai.onnx") else n.op
@@ -227,16 +238,17 @@ def _optimize(args: argparse.Namespace, ui: _Ui) -> None:
 def _bench(args: argparse.Namespace, ui: _Ui) -> None:
     models = [load(path) for path in args.models]  # fail on a bad file before timing anything
     data = as_data_source(args.data) if args.data else None
-    results = [benchmark(model, data, threads=args.threads, warmup=args.warmup,
-                         runs=args.runs, batch_size=args.batch, progress=ui)
+    results = [benchmark(model, data if data is not None else _random(model, args.batch),
+                         threads=args.threads, warmup=args.warmup, runs=args.runs,
+                         batch_size=args.batch, progress=ui)
                for model in models]
     first = results[0]
-    table = Table(Column("model", overflow="fold"), "size", "median (ms)", "p90 (ms)", "samples/s", "speed-up",
-                  title="latency, side by side",
+    table = Table(Column("model", overflow="fold"), "size", "median (ms)", "p90 (ms)",
+                  "samples/s", "speed-up", title="latency, side by side",
                   caption=f"batch {first.batch_size}, {first.threads} intra-op threads, median "
                           f"of {first.runs} runs after {args.warmup} warm-up; speed-up = first "
                           "model's median / this median")
-    for path, r in zip(args.models, results):
+    for path, r in zip(args.models, results, strict=True):
         table.add_row(str(path), _size(Path(path).stat().st_size), f"{r.median_ms:.3f}",
                       f"{r.p90_ms:.3f}", f"{r.throughput:,.0f}",
                       f"{first.median_ms / r.median_ms:.2f}×")
@@ -250,12 +262,20 @@ def _compare(args: argparse.Namespace, ui: _Ui) -> None:
     if args.data:
         data = args.data
     else:
-        data = DataSource.random(reference, n=RANDOM_SAMPLES)
+        data = _random(reference, RANDOM_SAMPLES)
         ui.err.print(f"note: comparing on {RANDOM_SAMPLES} random samples; give --data for "
                      "real inputs")
     labels = _labels(Path(args.labels)) if args.labels else None
     result = compare(reference, args.candidate, data, labels=labels, progress=ui)
     ui.out.print(result.table())
+
+
+def _random(model: Model, n: int) -> DataSource:
+    """`n` random samples for `model`, or an error that says which option gives real ones."""
+    try:
+        return DataSource.random(model, n=n)
+    except DataError as e:
+        raise DataError(f"{e}; on the command line, give inputs with --data FILE") from None
 
 
 def _labels(path: Path) -> np.ndarray:
@@ -304,6 +324,7 @@ def _demo(args: argparse.Namespace, ui: _Ui) -> None:
 # --------------------------------------------------------------------------------------------
 # Command line
 def _positive(text: str) -> int:
+    """Parse an integer >= 1 (an argparse type)."""
     try:
         value = int(text)
     except ValueError:
@@ -314,12 +335,14 @@ def _positive(text: str) -> int:
 
 
 def _count(text: str) -> int:
+    """Parse an integer >= 0 (an argparse type)."""
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got '{text}'")
     return int(text)
 
 
 def _parser() -> _ArgumentParser:
+    """The command line: global options and one subparser per command."""
     # --debug works before or after the subcommand; SUPPRESS keeps a subcommand from
     # resetting a --debug given before it.
     common = _ArgumentParser(add_help=False)
@@ -373,6 +396,7 @@ def _parser() -> _ArgumentParser:
 
 
 def _one_line(error: BaseException) -> str:
+    """The error as one readable line (OSError's repr-like message made plain)."""
     if isinstance(error, FileNotFoundError) and error.filename is not None:
         return f"{error.filename}: no such file"
     if isinstance(error, OSError) and error.filename is not None:

@@ -34,8 +34,12 @@ def shapes(model: Model) -> dict[str, tuple[onnx.TensorProto.DataType, tuple | N
             shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                           for d in ttype.shape.dim)
         found[info.name] = (ttype.elem_type, shape)
+    interface = {id(t) for t in [*model.graph.inputs, *model.graph.outputs]}
     for node in model.graph.nodes:
         for tensor in node.outputs:
+            if isinstance(tensor, gs.Variable) and id(tensor) not in interface:
+                # Forget annotations from before earlier rewrites; inference says what holds now.
+                tensor.dtype, tensor.shape = None, None
             if isinstance(tensor, gs.Variable) and tensor.name in found:
                 elem_type, shape = found[tensor.name]
                 if elem_type:

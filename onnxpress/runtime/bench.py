@@ -81,9 +81,9 @@ def benchmark(model: ModelLike, data=None, *, target: Target | str = "cpu",
         The `BenchResult`.
 
     Raises:
-        ValueError: `runs` or `batch_size` below 1, `warmup` or `threads` negative / zero.
-        DataError: the data does not fit the model, or the model's batch dimension is fixed
-            to another size than `batch_size`.
+        ValueError: `runs`, `batch_size` or `threads` below 1, or `warmup` negative.
+        DataError: the data does not fit the model (or onnxruntime fails on it), or the
+            model's batch dimension is fixed to another size than `batch_size`.
         TargetError: the target's provider is not installed.
     """
     if runs < 1 or batch_size < 1 or warmup < 0 or (threads is not None and threads < 1):
@@ -96,6 +96,10 @@ def benchmark(model: ModelLike, data=None, *, target: Target | str = "cpu",
               else as_data_source(data, model))
     feed = _feed(source, batch_size)
     sess = session(model, target, threads=threads, optimize=optimize)
+    try:  # one untimed run first, so that data onnxruntime rejects fails readably
+        sess.run(None, feed)
+    except Exception as e:  # onnxruntime's exception types share no base but Exception
+        raise DataError(f"onnxruntime cannot run the model on this data: {e}") from None
     advance = progress(f"benchmark (batch {batch_size})", warmup + runs)
     for _ in range(warmup):
         sess.run(None, feed)
@@ -117,8 +121,11 @@ def benchmark(model: ModelLike, data=None, *, target: Target | str = "cpu",
 
 
 def _feed(source: DataSource, batch_size: int) -> Feeds:
-    """One feed dict of exactly `batch_size` samples: the source's first ones, cycled if
-    the source holds fewer (for latency, which samples run does not matter)."""
+    """One feed dict of exactly `batch_size` samples.
+
+    The source's first samples, cycled if it holds fewer: for latency, which samples run
+    does not matter.
+    """
     parts: list[Feeds] = []
     count = 0
     for batch in source.batches(batch_size):

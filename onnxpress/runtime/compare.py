@@ -28,12 +28,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import onnxruntime as ort
 from rich.table import Table
 
 from onnxpress.errors import DataError, VerificationError
 from onnxpress.ir.io import ModelLike, load
 from onnxpress.passes.base import no_progress
-from onnxpress.runtime.data import as_data_source
+from onnxpress.runtime.data import Feeds, as_data_source
 from onnxpress.runtime.session import session
 from onnxpress.targets import Target
 
@@ -127,8 +128,8 @@ class _Accumulator:
         """Fold one batch of both models' outputs into the sums."""
         r, c = ref.astype(np.float64), cand.astype(np.float64)
         diff = np.abs(r - c)
-        if diff.size:
-            self.max_abs = max(self.max_abs, float(diff.max()))
+        if diff.size:  # np.maximum, unlike max(), lets a NaN through: it must show
+            self.max_abs = float(np.maximum(self.max_abs, diff.max()))
         self.abs_sum += float(diff.sum())
         self.elements += diff.size
         self.signal += float(np.square(r).sum())
@@ -169,6 +170,7 @@ def _cosines(r: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 
 def _snr_db(signal: float, noise: float) -> float:
+    """``10·log10(signal / noise)``: inf without noise, -inf for noise without signal."""
     if noise == 0:
         return math.inf
     if signal == 0:
@@ -202,7 +204,8 @@ def compare(reference: ModelLike, candidate: ModelLike, data, *, target: Target 
     Raises:
         VerificationError: the models have different numbers of outputs, or an output's
             shapes differ.
-        DataError: the data does not fit the reference, or the labels do not fit the data.
+        DataError: the data does not fit the reference (or onnxruntime fails on it), or the
+            labels do not fit the data.
     """
     reference, candidate = load(reference), load(candidate)
     source = as_data_source(data, reference)
@@ -217,7 +220,7 @@ def compare(reference: ModelLike, candidate: ModelLike, data, *, target: Target 
         if not np.issubdtype(labels.dtype, np.integer):
             raise DataError(f"labels must be integer class indices, not {labels.dtype}")
     accumulators = [_Accumulator(r if r == c else f"{r} / {c}")
-                    for r, c in zip(ref_names, cand_names)]
+                    for r, c in zip(ref_names, cand_names, strict=True)]
     ref_sess, cand_sess = session(reference, target), session(candidate, target)
     total = None if source.arrays is None else math.ceil(len(source) / batch_size)
     if max_batches is not None and total is not None:
@@ -227,8 +230,9 @@ def compare(reference: ModelLike, candidate: ModelLike, data, *, target: Target 
     for index, feed in enumerate(source.batches(batch_size)):
         if max_batches is not None and index >= max_batches:
             break
-        ref_out, cand_out = ref_sess.run(None, feed), cand_sess.run(None, feed)
-        for acc, r, c in zip(accumulators, ref_out, cand_out):
+        ref_out = _run(ref_sess, feed, f"the reference on batch #{index}")
+        cand_out = _run(cand_sess, feed, f"the candidate on batch #{index}")
+        for acc, r, c in zip(accumulators, ref_out, cand_out, strict=True):
             if r.shape != c.shape:
                 raise VerificationError(f"output '{acc.name}' has shape {r.shape} in the "
                                         f"reference but {c.shape} in the candidate (batch "
@@ -250,6 +254,14 @@ def compare(reference: ModelLike, candidate: ModelLike, data, *, target: Target 
     return Comparison(tuple(a.result() for a in accumulators), samples,
                       reference_accuracy=ref_correct / scored,
                       candidate_accuracy=cand_correct / scored)
+
+
+def _run(sess: ort.InferenceSession, feed: Feeds, what: str) -> list[np.ndarray]:
+    """All outputs of one run; onnxruntime's failure becomes a `DataError` saying where."""
+    try:
+        return sess.run(None, feed)
+    except Exception as e:  # onnxruntime's exception types share no base but Exception
+        raise DataError(f"onnxruntime cannot run {what}: {e}") from None
 
 
 def _labels_for(labels: np.ndarray, start: int, count: int, output: np.ndarray) -> np.ndarray:

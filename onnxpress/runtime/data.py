@@ -12,6 +12,7 @@ gave it; iterables are consumed lazily, one feed dict at a time.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,9 +57,18 @@ class DataSource:
                  feeds: Iterable[Mapping[str, np.ndarray]] | Callable[[], Iterable] | None = None,
                  origin: str = "data") -> None:
         self.arrays = dict(arrays) if arrays is not None else None
-        self._feeds = feeds
         self.origin = origin
+        self._first: Mapping[str, np.ndarray] | None = None
+        if isinstance(feeds, Iterator):
+            # A one-shot iterator: keep its first batch for check() and put it back in front.
+            self._first = next(feeds, None)
+            feeds = itertools.chain([self._first] if self._first is not None else [], feeds)
+        self._feeds = feeds
         if self.arrays is not None:
+            scalars = [name for name, a in self.arrays.items() if np.ndim(a) == 0]
+            if scalars:
+                raise DataError(f"{origin}: {scalars} are scalars; axis 0 of every array must "
+                                "index samples")
             counts = {name: len(a) for name, a in self.arrays.items()}
             if not counts or not any(counts.values()):
                 raise DataError(f"{origin}: no samples")
@@ -79,10 +89,14 @@ class DataSource:
         if not path.is_file():
             raise DataError(f"{path}: no such file")
         try:
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
+            loaded = np.load(path, allow_pickle=False)
         except (ValueError, OSError) as e:
             raise DataError(f"{path}: not a readable .npz file ({e})") from None
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise DataError(f"{path}: a single array, not a .npz keyed by input names; "
+                            "save it with np.savez(path, **{input_name: array})")
+        with loaded as npz:
+            arrays = {k: npz[k] for k in npz.files}
         return cls(arrays=arrays, origin=str(path))
 
     @classmethod
@@ -92,8 +106,11 @@ class DataSource:
         files = sorted(path.glob("*.npy"))
         if not files:
             raise DataError(f"{path}: no .npy files in the folder")
-        return cls(arrays={f.stem: np.load(f, allow_pickle=False) for f in files},
-                   origin=str(path))
+        try:
+            arrays = {f.stem: np.load(f, allow_pickle=False) for f in files}
+        except (ValueError, OSError) as e:
+            raise DataError(f"{path}: a .npy file cannot be read ({e})") from None
+        return cls(arrays=arrays, origin=str(path))
 
     @classmethod
     def from_feeds(cls, feeds: Iterable[Mapping[str, np.ndarray]] | Callable[[], Iterable],
@@ -168,7 +185,9 @@ class DataSource:
     def check(self, model: Model) -> DataSource:
         """Raise `DataError` unless names, dtypes and shapes fit the model's inputs."""
         specs = {s.name: s for s in input_specs(model)}
-        sample = self.arrays if self.arrays is not None else next(iter(self.take(1)), None)
+        sample = self.arrays if self.arrays is not None else self._first
+        if sample is None and not isinstance(self._feeds, Iterator):
+            sample = next(iter(self.take(1)), None)
         if sample is None:
             raise DataError(f"{self.origin}: no samples")
         missing = sorted(set(specs) - set(sample))

@@ -41,7 +41,7 @@ def session(model: ModelLike, target: Target | str = "cpu", *, threads: int | No
     target = get_target(target)
     target.check_available()
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # failures surface as exceptions
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
