@@ -205,6 +205,9 @@ def _match_tensor(p: Any, tensor: gs.Tensor, state: dict, trace: _Trace, depth: 
     if node is None or node.outputs[0] is not tensor:
         trace.fail(depth, f"tensor '{tensor.name}' is not the first output of a {p.op} node")
         return
+    if p.label and state.get(p.label) is node:
+        yield state  # a labelled sub-pattern used twice (a DAG, e.g. LayerNorm's x - mean)
+        return
     if any(n is node for n in state["__nodes__"]):
         trace.fail(depth, f"node '{node.name}' would be matched twice")
         return
@@ -338,6 +341,9 @@ def apply_rules(model: Model, rules: Sequence[Rule], *, max_sweeps: int = 16) ->
     for rule in rules:
         by_op.setdefault(rule.compiled().op, []).append(rule)
     counts = {rule.name: 0 for rule in rules}
+    if len(counts) != len(rules):
+        raise ValueError("apply_rules: two rules share a name, so their counts would merge; "
+                         "override Rule.name")
     for _ in range(max_sweeps):
         fired = False
         removed: set[int] = set()
