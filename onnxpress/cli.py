@@ -36,7 +36,8 @@ from onnxpress._version import __version__
 from onnxpress.api import optimize
 from onnxpress.errors import DataError, OnnxpressError, SaveError
 from onnxpress.ir.io import load
-from onnxpress.ir.model import Model, iter_graphs
+from onnxpress.ir.model import Model
+from onnxpress.ir.scopes import iter_graphs
 from onnxpress.passes.base import Context, Pass
 from onnxpress.passes.manager import PassRecord, Report
 from onnxpress.recipes import RECIPES

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 import onnx_graphsurgeon as gs
 
 from onnxpress.errors import VerificationError
-from onnxpress.ir.model import subgraphs
+from onnxpress.ir.scopes import subgraphs
 
 
 class CycleError(VerificationError):
@@ -61,20 +61,32 @@ def replace_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor, *,
     """
     if old is new:
         return
+    if is_graph_output(graph, old) and not graph_outputs:
+        raise VerificationError(
+            f"tensor '{old.name}' is a graph output; pass graph_outputs=True to replace it")
     for node in consumers(old):
         # gs's synchronized lists support item (not slice) assignment.
         for i, tensor in enumerate(node.inputs):
             if tensor is old:
                 node.inputs[i] = new
     if is_graph_output(graph, old):
-        if not graph_outputs:
-            raise VerificationError(
-                f"tensor '{old.name}' is a graph output; pass graph_outputs=True to replace it")
         _take_over_output(graph, old, new)
+
+
+def is_interface(graph: gs.Graph, tensor: gs.Tensor) -> bool:
+    """Whether `tensor`'s name is part of the model's interface or storage: a graph input, a
+    graph output or an initializer already read by some node — renaming it would change what
+    users feed or read. (A new initializer nobody reads yet may take any name.)"""
+    return ((isinstance(tensor, gs.Constant) and bool(tensor.outputs))
+            or is_graph_output(graph, tensor) or any(t is tensor for t in graph.inputs))
 
 
 def _take_over_output(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
     """`new` replaces the graph output `old`, taking its name, dtype and shape."""
+    if is_interface(graph, new):
+        raise VerificationError(
+            f"cannot make '{new.name}' the graph output '{old.name}': it is itself an input, "
+            "output or initializer whose name must not change")
     name = old.name
     old.name = f"{name}__replaced"
     new.name = name

@@ -58,7 +58,12 @@ def load(model: ModelLike) -> Model:
             raise ModelLoadError(f"{path}: no such file")
         proto = _parse(path.read_bytes(), str(path))
         if _uses_external_data(proto):
-            onnx.load_external_data_for_model(proto, str(path.parent))
+            try:
+                onnx.load_external_data_for_model(proto, str(path.parent))
+            except (OSError, ValueError, onnx.checker.ValidationError) as e:
+                raise ModelLoadError(f"{path}: its external data cannot be read "
+                                     f"({type(e).__name__}: {e}); keep the .data file "
+                                     "beside the model") from None
         return Model.from_onnx(_checked(proto, str(path)), source=path.resolve())
     raise ModelLoadError(
         f"cannot load a {type(model).__name__}: give a path, bytes, onnx.ModelProto, "
@@ -117,6 +122,8 @@ def save(model: Model, path: str | os.PathLike, *, overwrite: bool = False,
                         "write elsewhere or pass overwrite=True")
     if not path.parent.is_dir():
         raise SaveError(f"{path}: folder {path.parent} does not exist")
+    if path.is_dir():
+        raise SaveError(f"{path}: is a folder; give a file name")
     proto = model.to_onnx()
     if external_data is None:
         external_data = proto.ByteSize() >= PROTOBUF_LIMIT
@@ -135,7 +142,7 @@ def save(model: Model, path: str | os.PathLike, *, overwrite: bool = False,
             first = str(e).strip().splitlines()[0]
             raise SaveError(f"{path}: the model fails the ONNX checker, not written: {first}"
                             ) from None
-        if external_data:
+        if (staging / data_name).exists():  # absent when the model has no tensors at all
             os.replace(staging / data_name, path.parent / data_name)
         os.replace(staged, path)
     finally:

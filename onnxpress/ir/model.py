@@ -23,6 +23,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxpress._version import __version__
+from onnxpress.ir import fidelity
+from onnxpress.ir.scopes import iter_graphs
 
 if TYPE_CHECKING:
     from onnxpress.passes.manager import Report
@@ -44,7 +46,9 @@ class Model:
         doc_string: The model's doc string.
         extra: Other ModelProto scalar fields kept verbatim (producer, domain, model_version).
         source: The file the model was loaded from, if any; `save` refuses to overwrite it.
-        pipeline: Passes applied so far, as ``{"name": ..., "options": {...}}`` records.
+        pipeline: Passes applied so far, as ``{"name": ..., "options": {...}}`` records; read
+            back from the metadata of a model onnxpress wrote, so history accumulates.
+        initializer_inputs: Initializers the source also listed as graph inputs.
         report: The `Report` of the last `optimize` run, if the model came out of one.
     """
 
@@ -67,6 +71,7 @@ class Model:
         self.extra = dict(extra or {})
         self.source = source
         self.pipeline: list[dict[str, Any]] = []
+        self.initializer_inputs: list[str] = []
         self.report: Report | None = None
         self._analyses: dict[Callable[[Model], Any], Any] = {}
         self._names: set[str] = set()
@@ -79,11 +84,14 @@ class Model:
     def from_onnx(cls, proto: onnx.ModelProto, *, source: Path | None = None) -> Model:
         """Import a ModelProto (which is not modified)."""
         graph = gs.import_onnx(proto)
-        return cls(
+        fidelity.keep_node_meta(proto.graph, graph)
+        metadata = {p.key: p.value for p in proto.metadata_props}
+        recorded = json.loads(metadata.pop(PIPELINE_KEY, "{}") or "{}")
+        model = cls(
             graph,
             ir_version=proto.ir_version,
             opsets={op.domain: op.version for op in proto.opset_import},
-            metadata={p.key: p.value for p in proto.metadata_props},
+            metadata=metadata,
             doc_string=proto.doc_string,
             extra={
                 "producer_name": proto.producer_name,
@@ -93,6 +101,9 @@ class Model:
             },
             source=source,
         )
+        model.pipeline = list(recorded.get("passes", []))
+        model.initializer_inputs = fidelity.initializer_inputs(proto)
+        return model
 
     def to_onnx(self) -> onnx.ModelProto:
         """Export to a ModelProto with the source's ir_version, opsets and metadata."""
@@ -104,6 +115,9 @@ class Model:
         # and a stale value_info makes onnxruntime reject the model; runtimes re-infer them.
         del proto.graph.value_info[:]
         proto.ir_version = self.ir_version
+        fidelity.restore_node_meta(proto.graph, self.graph)
+        fidelity.hoist_captured_initializers(proto.graph)
+        fidelity.relist_initializer_inputs(proto, self.initializer_inputs)
         proto.doc_string = self.doc_string
         for key, value in self.extra.items():
             setattr(proto, key, value)
@@ -115,9 +129,7 @@ class Model:
 
     def copy(self) -> Model:
         """A deep copy: no node, tensor or weight array is shared with this model."""
-        clone = Model.from_onnx(self.to_onnx(), source=self.source)
-        clone.pipeline = [dict(p) for p in self.pipeline]
-        return clone
+        return Model.from_onnx(self.to_onnx(), source=self.source)
 
     def save(self, path: str | Path, **kwargs: Any) -> Path:
         """Write the model atomically; see `onnxpress.ir.io.save` for the options."""
@@ -196,24 +208,3 @@ class Model:
     def __repr__(self) -> str:
         return (f"Model({self.graph.name!r}, nodes={len(self)}, opset={self.opset}, "
                 f"ir_version={self.ir_version})")
-
-
-def iter_graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
-    """`graph` and every subgraph nested in its nodes' attributes (If/Loop/Scan bodies)."""
-    stack = [graph]
-    while stack:
-        current = stack.pop()
-        yield current
-        for node in current.nodes:
-            stack.extend(reversed(subgraphs(node)))
-
-
-def subgraphs(node: gs.Node) -> list[gs.Graph]:
-    """The graphs held in a node's attributes, in attribute order."""
-    found: list[gs.Graph] = []
-    for value in node.attrs.values():
-        if isinstance(value, gs.Graph):
-            found.append(value)
-        elif isinstance(value, list | tuple):
-            found.extend(v for v in value if isinstance(v, gs.Graph))
-    return found

@@ -25,7 +25,8 @@ would otherwise leave that reader with nothing (the bug class of OnnxSlim #160).
 The driver `apply_rules` is deterministic: it sweeps a snapshot of the node list in order,
 tries the rules indexed by root op in list order (first match wins), inserts the rewrite
 before the root, moves the root's readers (and graph-output names) to the new tensors, removes
-the matched nodes, and repeats sweeps until nothing changes. `find` matches without rewriting;
+the matched nodes, tags the new nodes' metadata with ``onnxpress.rule``, and repeats sweeps
+until nothing changes. `find` matches without rewriting;
 `explain` reports the deepest partial match and why it failed.
 """
 
@@ -39,7 +40,9 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxpress.ir.edit import insert_before, is_graph_output, producer, remove, replace_uses
+from onnxpress.ir.edit import (insert_before, is_graph_output, is_interface, producer, remove,
+                               replace_uses)
+from onnxpress.ir import fidelity
 from onnxpress.ir.model import Model
 from onnxpress.passes.base import PassResult
 
@@ -96,15 +99,32 @@ class _OpBuilder:
         return build
 
 
+_SCALAR_ATTRS = {
+    "value_float": np.float32, "value_floats": np.float32, "value_int": np.int64,
+    "value_ints": np.int64,
+}
+
+
+def constant_node_value(node: gs.Node) -> np.ndarray | None:
+    """The numeric value of a Constant node; None for other nodes and for the forms onnxpress
+    leaves alone (strings, sparse tensors)."""
+    if node.op != "Constant" or node.domain not in (None, "", "ai.onnx"):
+        return None
+    for key, value in node.attrs.items():
+        if key == "value" and isinstance(value, gs.Constant):
+            array = np.asarray(value.values)
+            return array if array.dtype.kind in "biuf" else None
+        if key in _SCALAR_ATTRS:
+            return np.asarray(value, dtype=_SCALAR_ATTRS[key])
+    return None
+
+
 def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
     """The value of an initializer or of a Constant node's output; None otherwise."""
     if isinstance(tensor, gs.Constant):
         return np.asarray(tensor.values)
     node = producer(tensor)
-    if node is not None and node.op == "Constant" and isinstance(node.attrs.get("value"),
-                                                                  gs.Constant):
-        return np.asarray(node.attrs["value"].values)
-    return None
+    return constant_node_value(node) if node is not None else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,9 +372,8 @@ def apply_rules(model: Model, rules: Sequence[Rule], *, max_sweeps: int = 16) ->
                 continue
             for rule in by_op.get(node.op, ()):
                 m = rule.match(graph, node)
-                if m is None:
+                if m is None or not _replace(model, m, rule):
                     continue
-                _replace(model, m, rule)
                 removed.update(id(n) for n in m.nodes)
                 counts[rule.name] += 1
                 fired = True
@@ -364,7 +383,9 @@ def apply_rules(model: Model, rules: Sequence[Rule], *, max_sweeps: int = 16) ->
     return PassResult(any(counts.values()), counts)
 
 
-def _replace(model: Model, m: Match, rule: Rule) -> None:
+def _replace(model: Model, m: Match, rule: Rule) -> bool:
+    """Apply `rule`'s rewrite of `m`; False (graph untouched) if it would rename a tensor that
+    is part of the model's interface, e.g. a rewrite returning a graph input for an output."""
     graph = model.graph
     builder = Builder(model, m.root.name or rule.name)
     new_outputs = _as_list(rule.rewrite(m, builder))
@@ -372,6 +393,14 @@ def _replace(model: Model, m: Match, rule: Rule) -> None:
     if len(new_outputs) < len(old_outputs):
         raise ValueError(f"rule {rule.name} returned {len(new_outputs)} tensors for "
                          f"{len(old_outputs)} root outputs")
+    if any(is_graph_output(graph, old) and is_interface(graph, new)
+           for old, new in zip(old_outputs, new_outputs)):
+        for node in builder.nodes:  # never inserted: just let go of the tensors they read
+            node.inputs.clear()
+            node.outputs.clear()
+        return False
+    for node in builder.nodes:
+        fidelity.tag(node, "onnxpress.rule", rule.name)  # which rewrite made it, as in Netron
     insert_before(graph, m.root, builder.nodes)
     for old, new in zip(old_outputs, new_outputs):
         if isinstance(new, gs.Variable) and isinstance(old, gs.Variable):
@@ -379,6 +408,7 @@ def _replace(model: Model, m: Match, rule: Rule) -> None:
             new.shape = new.shape if new.shape is not None else old.shape
         replace_uses(graph, old, new, graph_outputs=True)
     remove(graph, m.nodes, safe=True)
+    return True
 
 
 def find(model: Model, rule: Rule) -> list[Match]:
@@ -402,5 +432,6 @@ def explain(model: Model, rule: Rule) -> str:
             best, where = trace, node
     if where is None:
         return f"{rule.name}: no {root_op} node in the graph"
-    return (f"{rule.name}: deepest partial match rooted at '{where.name}' "
+    label = where.name or f"producing {where.outputs[0].name}"
+    return (f"{rule.name}: deepest partial match rooted at '{label}' "
             f"(depth {best.depth}): {best.reason}")

@@ -16,7 +16,8 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from onnxpress.errors import VerificationError
-from onnxpress.ir.model import Model, subgraphs
+from onnxpress.ir.model import Model
+from onnxpress.ir.scopes import subgraphs
 
 
 def verify_structure(model: Model) -> list[str]:

@@ -7,13 +7,18 @@ from onnxpress.passes.cleanup.identity import EliminateIdentity
 from onnxpress.passes.cleanup.pipeline import Cleanup
 from onnxpress.passes.fusion.batchnorm import FuseBatchNorm
 from onnxpress.passes.fusion.gelu import FuseGelu
+from onnxpress.passes.fusion.gemm import FuseGemm
 from onnxpress.passes.fusion.layernorm import FuseLayerNorm
+from onnxpress.passes.fusion.pad import FusePad
+from onnxpress.passes.fusion.pipeline import Fuse
+from onnxpress.passes.fusion.transpose import FuseTransposes
 from onnxpress.passes.manager import DumpAfterEach, PassManager, PassRecord, Report
 from onnxpress.passes.quantize.dynamic import QuantizeDynamic
 from onnxpress.passes.quantize.static import QuantizeStatic
 
 __all__ = [
     "Cleanup", "Context", "DumpAfterEach", "EliminateDeadCode", "EliminateIdentity",
-    "FoldConstants", "FuseBatchNorm", "FuseGelu", "FuseLayerNorm", "Pass", "PassManager", "PassRecord", "PassResult", "QuantizeStatic", "Report", "get",
+    "FoldConstants", "Fuse", "FuseBatchNorm", "FuseGelu", "FuseGemm", "FuseLayerNorm", "FusePad",
+    "FuseTransposes", "Pass", "PassManager", "PassRecord", "PassResult", "QuantizeStatic", "Report", "get",
     "registered", "resolve",
 ]

@@ -67,18 +67,21 @@ class Pass:
         exact: Whether the pass preserves outputs within float tolerance.
         preserves: Analyses (functions) still valid after the pass changes the model.
         rtol, atol: Tolerance of numeric verification for an exact pass.
+        gauges: Stats that describe the model rather than count work done (composite passes
+            keep their last value instead of summing them over rounds).
     """
 
     name: ClassVar[str]
     exact: ClassVar[bool] = True
     preserves: ClassVar[frozenset] = frozenset()
+    gauges: ClassVar[frozenset[str]] = frozenset()
     rtol: ClassVar[float] = 1e-4
     atol: ClassVar[float] = 1e-5
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "name" in cls.__dict__:
-            if cls.name in _REGISTRY and _REGISTRY[cls.name].__qualname__ != cls.__qualname__:
+            if cls.name in _REGISTRY and _qualified(_REGISTRY[cls.name]) != _qualified(cls):
                 raise TypeError(f"pass name '{cls.name}' is taken by {_REGISTRY[cls.name]}")
             _REGISTRY[cls.name] = cls
 
@@ -94,6 +97,11 @@ class Pass:
         if dataclasses.is_dataclass(self):
             return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
         return {}
+
+
+def _qualified(cls: type) -> str:
+    """Module and class name: a re-import of the same class may re-register, nothing else."""
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _plain(value: Any) -> Any:

@@ -124,8 +124,7 @@ class PassManager:
         report = report if report is not None else Report()
         numeric = _NumericCheck(ctx) if self.verify == "numeric" else None
         for p in self.passes:
-            record = self.run_one(p, model, ctx, report, numeric)
-            model.pipeline.append({"name": p.name, "options": record.options})
+            self.run_one(p, model, ctx, report, numeric)
         return report
 
     def run_one(self, p: Pass, model: Model, ctx: Context, report: Report,
@@ -133,14 +132,14 @@ class PassManager:
         """Run a single pass with the manager's bookkeeping and append its record."""
         where = f"pass '{p.name}'" + (f" (after {', '.join(report.names())})"
                                       if report.records else "")
-        p.requires(model, ctx)
         for instrument in self.instruments:
             instrument.before(p, model, ctx)
-        if numeric is not None and p.exact:
-            numeric.remember(model)
         nodes_before, bytes_before = len(model), model.nbytes
         start = time.perf_counter()
         try:
+            p.requires(model, ctx)
+            if numeric is not None and p.exact:
+                numeric.remember(model)
             result = p.run(model, ctx)
         except OnnxpressError as e:
             raise type(e)(f"{where}: {e}") from e
@@ -158,6 +157,7 @@ class PassManager:
         record = PassRecord(p.name, p.options(), result.changed, seconds, dict(result.stats),
                             nodes_before, len(model), bytes_before, model.nbytes)
         report.records.append(record)
+        model.pipeline.append({"name": p.name, "options": record.options})
         for instrument in self.instruments:
             instrument.after(p, model, ctx, record)
         return record

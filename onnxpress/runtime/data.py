@@ -145,9 +145,13 @@ class DataSource:
                 shape = tuple(dims)
             if not shape:
                 raise DataError(f"input '{spec.name}' is a scalar; give data for it")
-            arrays[spec.name] = np.concatenate([_random(rng, spec.dtype, shape)
-                                                for _ in range(n)])
-        return cls(arrays=arrays, origin="random data")
+            arrays[spec.name] = [_random(rng, spec.dtype, shape) for _ in range(n)]
+        if all(a[0].shape[0] == 1 for a in arrays.values()):
+            return cls(arrays={k: np.concatenate(v) for k, v in arrays.items()},
+                       origin="random data")
+        # A fixed batch above 1 is one sample; array sources would slice it apart.
+        return cls(feeds=[{k: v[i] for k, v in arrays.items()} for i in range(n)],
+                   origin="random data")
 
     # ----------------------------------------------------------------------------------------
     # Iteration

@@ -11,7 +11,8 @@ import pytest
 from zoo import ZOO, feed_list
 
 import onnxpress as ox
-from onnxpress.ir.model import Model, iter_graphs, subgraphs
+from onnxpress.ir.model import Model
+from onnxpress.ir.scopes import iter_graphs, subgraphs
 from onnxpress.testing import assert_same_outputs, make_model, run
 
 OLD_IR = """<ir_version: 7, opset_import: ["": 13, "com.microsoft": 1]>
@@ -100,10 +101,6 @@ def test_to_onnx_twice_is_identical(any_model):
     assert any_model.to_onnx().SerializeToString() == any_model.to_onnx().SerializeToString()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gs 0.6 has no node doc_string / metadata_props, and Model does not keep them either: "
-    "node-level metadata (the dynamo exporter's, and the onnxpress.rule tag the pattern "
-    "driver is specified to write) is lost on every load/save"))
 def test_node_doc_strings_and_metadata_survive():
     proto = onnx.parser.parse_model(OLD_IR)
     proto.graph.node[0].doc_string = "why this Relu exists"
@@ -173,9 +170,6 @@ def test_copy_is_structurally_independent():
     assert model.to_onnx().SerializeToString() == before
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Model.copy copies the pipeline records shallowly ([dict(p) for p in ...]): the options "
-    "dicts are shared with the original"))
 def test_copy_does_not_share_pipeline_options():
     model = ZOO["gemm"]()
     model.pipeline.append({"name": "x", "options": {"a": 1}})
@@ -183,16 +177,7 @@ def test_copy_does_not_share_pipeline_options():
     assert model.pipeline[0]["options"] == {"a": 1}
 
 
-#: Models whose subgraphs capture an outer initializer (see the xfail reason below).
-CAPTURED_INITIALIZERS = {"zoo:control_flow", "real:control_flow_if_loop"}
-
-
-def test_export_writes_each_initializer_once(any_model, request):
-    if request.node.callspec.id in CAPTURED_INITIALIZERS:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "gs exports an outer initializer read only inside subgraphs as an initializer of "
-            "every subgraph that reads it (If then/else both get a copy of 'w'): weights are "
-            "duplicated on every save and the copies become distinct tensors on reload")))
+def test_export_writes_each_initializer_once(any_model):
     expected = sorted(c.name for c in _all_constants(any_model))
     assert sorted(_exported_initializers(any_model.to_onnx().graph)) == expected
 

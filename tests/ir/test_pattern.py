@@ -110,9 +110,6 @@ def test_const_binds_a_constant_node_value():
     assert m.tensor("c") is model.graph.nodes[0].outputs[0]
 
 
-@pytest.mark.xfail(strict=True, reason="core gap: pattern.constant_value reads only a Constant "
-                   "node's `value` attribute, not value_float(s)/value_int(s) (FoldConstants "
-                   "does), so rules run before cleanup miss such constants")
 def test_const_binds_a_constant_node_with_a_scalar_attribute():
     model = _model("c = Constant <value_float = 0.5> ()\ny = Add (x, c)")
     [m] = find(model, AddConst())
@@ -229,10 +226,6 @@ def test_root_that_is_a_graph_output_keeps_its_name():
         model.graph.nodes[0].outputs[0])
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: when a rewrite returns a graph input for a "
-                   "graph-output root, replace_uses(graph_outputs=True) renames the graph input "
-                   "to the output's name; it should refuse (or the driver reject the match) "
-                   "when `new` is a graph input, initializer or another graph output")
 def test_bypass_to_a_graph_input_keeps_the_interface():
     model = _model("a = Neg (x)\ny = Neg (a)")
     apply_rules(model, [DoubleNeg()])

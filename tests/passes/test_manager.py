@@ -192,9 +192,6 @@ def test_failing_pass_is_named_with_its_predecessors():
     assert isinstance(info.value.__cause__, ZeroDivisionError)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "PassManager.run_one calls p.requires() outside the try that prefixes errors with the "
-    "pass name, so a PreconditionError does not say which pass could not run"))
 def test_precondition_error_names_the_pass():
     with pytest.raises(PreconditionError, match="test-needs-calibration"):
         PassManager([NeedsCalibration()]).run(ZOO["gemm"](), _ctx())
@@ -247,10 +244,6 @@ def test_numeric_verification_without_data_on_a_batch_one_model():
         PassManager([ScaleWeights()], verify="numeric").run(model, _ctx())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DataSource.random concatenates samples on axis 0 and take() slices batches of 1, so a "
-    "model with a static batch of 2 gets [1, ...] feeds: numeric verification (and "
-    "assert_same_outputs without feeds) fails inside onnxruntime ('Got: 1 Expected: 2')"))
 def test_numeric_verification_without_data_on_a_static_batch_of_two():
     model = ZOO["gemm"]()  # x: float[2,3,4,4]
     with pytest.raises(VerificationError, match="test-scale-weights"):
@@ -272,10 +265,6 @@ def test_dump_after_each_writes_changed_models(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name != "dumps"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "PassManager.run appends a pass to model.pipeline only after run_one returned, i.e. after "
-    "the instruments' after() hooks: DumpAfterEach's file does not record the pass it was "
-    "dumped after"))
 def test_dump_records_the_pipeline_up_to_that_pass(tmp_path):
     PassManager([FoldConstants()], instruments=[DumpAfterEach(tmp_path)]).run(
         ZOO["layernorm_decomposed"](), _ctx())
@@ -349,10 +338,6 @@ def test_new_pass_registers_by_name():
         base._REGISTRY.pop("test-strip-nothing", None)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Pass.__init_subclass__ accepts a duplicate name when the class's __qualname__ equals the "
-    "registered one (meant for module reloads), so any module-level class called "
-    "'FoldConstants' silently replaces the built-in pass; compare module + qualname instead"))
 def test_same_class_name_in_another_module_is_still_a_duplicate():
     saved = dict(base._REGISTRY)
     try:

@@ -33,19 +33,19 @@ import onnx_graphsurgeon as gs
 from onnxpress.ir import analyses
 from onnxpress.ir.edit import (consumers, dead_code, is_graph_output, producer, remove,
                                replace_uses)
-from onnxpress.ir.model import Model, iter_graphs, subgraphs
+from onnxpress.ir.model import Model
+from onnxpress.ir.scopes import iter_graphs, subgraphs
+from onnxpress.ir.pattern import constant_node_value
 from onnxpress.passes.base import Context, Pass, PassResult
 
 NEVER_FOLD = frozenset({
     "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
     "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
     "Bernoulli", "Shape", "Size",
+    # Constant nodes left after step 1 hold forms we do not convert (strings, sparse).
+    "Constant",
 })
 
-_SCALAR_ATTRS = {
-    "value_float": np.float32, "value_floats": np.float32, "value_int": np.int64,
-    "value_ints": np.int64,
-}
 
 
 @dataclass(frozen=True)
@@ -68,16 +68,6 @@ class FoldConstants(Pass):
                                     "nodes_removed": removed})
 
 
-def _constant_value(node: gs.Node) -> np.ndarray | None:
-    """The value of a Constant node, or None for forms we leave alone (sparse, strings)."""
-    for key, value in node.attrs.items():
-        if key == "value" and isinstance(value, gs.Constant):
-            return np.asarray(value.values)
-        if key in _SCALAR_ATTRS:
-            return np.asarray(value, dtype=_SCALAR_ATTRS[key])
-    return None
-
-
 def _constant_nodes_to_initializers(model: Model, graph: gs.Graph) -> int:
     """Replace Constant nodes of `graph` by initializers; return how many."""
     done = []
@@ -85,7 +75,7 @@ def _constant_nodes_to_initializers(model: Model, graph: gs.Graph) -> int:
         if node.op != "Constant" or node.domain not in (None, "", "ai.onnx"):
             continue
         out = node.outputs[0]
-        value = _constant_value(node)
+        value = constant_node_value(node)
         if value is None or is_graph_output(graph, out):
             continue
         _replace_by_constant(model, graph, out, value)

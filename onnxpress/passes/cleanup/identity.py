@@ -6,7 +6,8 @@ For a no-op node ``y = op(x, ...)``, every reader of ``y`` reads ``x`` instead:
   mask output unused);
 - ``Reshape`` to the shape ``x`` already has, ``Transpose`` with ``perm = (0, 1, …)``,
   ``Cast`` to ``x``'s own type, ``Pad`` with all-zero pads, ``Slice`` that keeps every element
-  (shapes from ONNX shape inference; only fully static shapes count);
+  (shapes from ONNX shape inference; a dynamic axis counts as kept only when the target
+  copies it with 0 or it is the single -1);
 - ``Unsqueeze(Squeeze(x, a), a)`` and ``Squeeze(Unsqueeze(x, a), a)``: the outer node is
   removed (the inner one goes to dead code if nothing else reads it). Squeeze without axes
   removes every size-1 axis, which Unsqueeze cannot know, so it must have explicit axes.
@@ -27,7 +28,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxpress.ir import analyses
-from onnxpress.ir.edit import dead_code, is_graph_output, producer, replace_uses
+from onnxpress.ir.edit import dead_code, is_graph_output, is_interface, producer, replace_uses
 from onnxpress.ir.model import Model
 from onnxpress.passes.base import Context, Pass, PassResult
 
@@ -48,7 +49,7 @@ class EliminateIdentity(Pass):
         counts: dict[str, int] = {}
         for node in list(graph.nodes):
             source = _passthrough(node, model.opset)
-            if source is None or not _can_bypass(graph, node.outputs[0], source):
+            if source is None or not _can_bypass(graph, node, source):
                 continue
             replace_uses(graph, node.outputs[0], source, graph_outputs=True)
             counts[node.op] = counts.get(node.op, 0) + 1
@@ -57,13 +58,14 @@ class EliminateIdentity(Pass):
         return PassResult(bool(counts), counts)
 
 
-def _can_bypass(graph: gs.Graph, out: gs.Tensor, source: gs.Tensor) -> bool:
-    """Whether readers of `out` may read `source` instead without changing the interface."""
+def _can_bypass(graph: gs.Graph, node: gs.Node, source: gs.Tensor) -> bool:
+    """Whether readers of the node's output may read `source` instead: there are readers left
+    to move (a Dropout kept alive only for its mask has none after the first run), and the
+    model's interface keeps its names."""
+    out = node.outputs[0]
     if not is_graph_output(graph, out):
-        return True
-    interface = (isinstance(source, gs.Constant) or is_graph_output(graph, source)
-                 or any(t is source for t in graph.inputs))
-    return not interface
+        return bool(out.outputs)
+    return not is_interface(graph, source)
 
 
 def _passthrough(node: gs.Node, opset: int) -> gs.Tensor | None:
@@ -103,8 +105,6 @@ def _identity(node, x, opset) -> bool:
 
 
 def _dropout(node, x, opset) -> bool:
-    if len(node.outputs) > 1 and node.outputs[1].outputs:
-        return False  # the mask is used
     training = _const(node, 2)
     if len(node.inputs) > 2 and not node.inputs[2].is_empty():
         return training is not None and not bool(training)
@@ -149,9 +149,10 @@ def _slice(node, x, opset) -> bool:
         steps = None
     else:
         starts, ends, axes, steps = (_const(node, i) for i in (1, 2, 3, 4))
-    if starts is None or ends is None or (len(node.inputs) > 3 and axes is None
-                                          and not node.inputs[3].is_empty()):
-        return False
+    computed = [i for i in (3, 4) if i < len(node.inputs) and not node.inputs[i].is_empty()
+                and not isinstance(node.inputs[i], gs.Constant)]
+    if starts is None or ends is None or computed:
+        return False  # axes or steps known only at run time
     axes = axes if axes is not None else np.arange(len(starts))
     steps = steps if steps is not None else np.ones(len(starts), dtype=np.int64)
     for start, end, axis, step in zip(starts, ends, axes, steps):

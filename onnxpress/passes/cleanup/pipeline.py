@@ -15,6 +15,7 @@ from onnxpress.passes.base import Context, Pass, PassResult
 from onnxpress.passes.cleanup.constants import FoldConstants
 from onnxpress.passes.cleanup.dead_code import EliminateDeadCode
 from onnxpress.passes.cleanup.identity import EliminateIdentity
+from onnxpress.passes.fixed_point import fixed_point
 
 
 @dataclass(frozen=True)
@@ -26,19 +27,5 @@ class Cleanup(Pass):
 
     def run(self, model: Model, ctx: Context) -> PassResult:
         """Repeat the three cleanup passes until a round changes nothing."""
-        inner = (FoldConstants(), EliminateIdentity(), EliminateDeadCode())
-        totals: dict[str, int] = {}
-        changed = False
-        for rounds in range(1, self.max_rounds + 1):
-            round_changed = False
-            for p in inner:
-                result = p.run(model, ctx)
-                if result.changed:
-                    round_changed = True
-                    model.invalidate()
-                for key, value in result.stats.items():
-                    totals[f"{p.name}.{key}"] = totals.get(f"{p.name}.{key}", 0) + value
-            changed |= round_changed
-            if not round_changed:
-                break
-        return PassResult(changed, {"rounds": rounds, **{k: v for k, v in totals.items() if v}})
+        return fixed_point(model, ctx, (FoldConstants(), EliminateIdentity(),
+                                        EliminateDeadCode()), self.max_rounds)

@@ -122,6 +122,7 @@ class FuseGelu(Pass):
     """
 
     name: ClassVar[str] = "fuse-gelu"
+    gauges: ClassVar[frozenset[str]] = frozenset({"candidates"})
     contrib: bool = True
 
     def run(self, model: Model, ctx: Context) -> PassResult:

@@ -341,6 +341,7 @@ class FuseLayerNorm(Pass):
     """
 
     name: ClassVar[str] = "fuse-layernorm"
+    gauges: ClassVar[frozenset[str]] = frozenset({"candidates"})
 
     def run(self, model: Model, ctx: Context) -> PassResult:
         """Fuse every match.

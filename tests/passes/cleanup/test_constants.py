@@ -8,7 +8,8 @@ import pytest
 from zoo import MODELS_DIR, ZOO, count, feed_list
 
 import onnxpress as ox
-from onnxpress.ir.model import Model, iter_graphs
+from onnxpress.ir.model import Model
+from onnxpress.ir.scopes import iter_graphs
 from onnxpress.passes import Context, FoldConstants
 from onnxpress.targets import get_target
 from onnxpress.testing import assert_same_outputs, make_model, run
@@ -109,11 +110,6 @@ def test_constant_node_that_is_a_graph_output_is_kept():
     assert [t.name for t in model.graph.outputs] == ["y", "k"]
 
 
-@pytest.mark.xfail(strict=True, raises=ox.errors.ModelLoadError, reason=(
-    "step 1 leaves string Constant nodes alone, but step 3 evaluates them (a node with no "
-    "inputs is 'all constant') and stores the result as a string initializer, which gs "
-    "exports as raw_data: onnxruntime then rejects the model ('Can not use raw_data to store "
-    "string type')"))
 def test_string_constant_folding_keeps_a_valid_model():
     model = make_model("""<ir_version: 8, opset_import: ["": 19]>
     g (string[2] x) => (bool[2] y) {

@@ -6,7 +6,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from zoo import ZOO, feed_list
 
-from onnxpress.ir.model import Model, iter_graphs
+from onnxpress.ir.model import Model
+from onnxpress.ir.scopes import iter_graphs
 from onnxpress.passes import Context, EliminateDeadCode
 from onnxpress.targets import get_target
 from onnxpress.testing import assert_same_outputs, make_model
