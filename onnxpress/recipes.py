@@ -8,4 +8,5 @@ RECIPES["cleanup"])`` is the same as naming the passes. The CLI's ``--recipe`` a
 #: Recipe name → pass names, run in order.
 RECIPES: dict[str, list[str]] = {
     "cleanup": ["cleanup"],
+    "fuse": ["fuse"],
 }

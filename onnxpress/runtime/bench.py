@@ -59,7 +59,7 @@ class BenchResult:
 
 def benchmark(model: ModelLike, data=None, *, target: Target | str = "cpu",
               threads: int | None = None, warmup: int = 10, runs: int = 50,
-              batch_size: int = 1, optimize: bool = True,
+              batch_size: int = 1, optimize: bool | str = True,
               progress: Callable[..., Callable[[int], None]] = no_progress) -> BenchResult:
     """Time `model` in onnxruntime on one feed of `batch_size` samples.
 

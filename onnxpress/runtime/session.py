@@ -14,6 +14,14 @@ from onnxpress.ir.model import Model
 from onnxpress.targets import Target, get_target
 
 
+LEVELS = {
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "off": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+}
+
+
 def serialized(model: ModelLike) -> bytes:
     """The model as ONNX bytes (paths are read, everything else exported)."""
     if isinstance(model, bytes):
@@ -24,15 +32,16 @@ def serialized(model: ModelLike) -> bytes:
 
 
 def session(model: ModelLike, target: Target | str = "cpu", *, threads: int | None = None,
-            optimize: bool = True) -> ort.InferenceSession:
+            optimize: bool | str = True) -> ort.InferenceSession:
     """An onnxruntime InferenceSession for `model` on `target`.
 
     Args:
         model: A `Model`, path, ModelProto, bytes or gs.Graph.
         target: "cpu", "cuda", "tensorrt" or a `Target`.
         threads: Intra-op threads (None: onnxruntime's default, one per core).
-        optimize: Apply onnxruntime's graph optimizations (ORT_ENABLE_ALL); False disables
-            them, as calibration and numeric verification need the graph run as written.
+        optimize: onnxruntime's graph optimization level: True or "all" (ORT_ENABLE_ALL),
+            "extended", "basic", or False / "off" — calibration and numeric verification need
+            the graph run as written.
 
     Raises:
         TargetError: the target's provider is not installed.
@@ -45,8 +54,7 @@ def session(model: ModelLike, target: Target | str = "cpu", *, threads: int | No
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    options.graph_optimization_level = LEVELS[{True: "all", False: "off"}.get(optimize, optimize)]
     try:
         return ort.InferenceSession(serialized(model), options, providers=list(target.providers))
     except Exception as e:  # onnxruntime raises its own unrelated exception types
