@@ -1,6 +1,7 @@
 """Passes: every transformation onnxpress applies, registered by name on import."""
 
 from onnxpress.passes.base import Context, Pass, PassResult, get, registered, resolve
+from onnxpress.passes.calibrate import Calibrate
 from onnxpress.passes.cleanup.constants import FoldConstants
 from onnxpress.passes.cleanup.dead_code import EliminateDeadCode
 from onnxpress.passes.cleanup.identity import EliminateIdentity
@@ -17,7 +18,7 @@ from onnxpress.passes.quantize.dynamic import QuantizeDynamic
 from onnxpress.passes.quantize.static import QuantizeStatic
 
 __all__ = [
-    "Cleanup", "Context", "DumpAfterEach", "EliminateDeadCode", "EliminateIdentity",
+    "Calibrate", "Cleanup", "Context", "DumpAfterEach", "EliminateDeadCode", "EliminateIdentity",
     "FoldConstants", "Fuse", "FuseBatchNorm", "FuseGelu", "FuseGemm", "FuseLayerNorm", "FusePad",
     "FuseTransposes", "Pass", "PassManager", "PassRecord", "PassResult", "QuantizeStatic", "Report", "get",
     "registered", "resolve",

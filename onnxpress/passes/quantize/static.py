@@ -120,11 +120,11 @@ class QuantizeStatic(Pass):
             if rule.weight is not None:
                 weights += self._quantize_weight(model, node, rule, inputs, ctx)
             planner.output(node, rule, chosen, transformer)
-        for tensor, p in planner.plan:
-            quantize_activation(model, tensor, p)
+        for entry in planner.planned.values():
+            quantize_activation(model, entry.tensor, entry.params, entry.readers)
         dead_code(model.graph)
         toposort(model.graph)
-        stats = {"nodes": len(selected), "activations": len(planner.plan), "weights": weights,
+        stats = {"nodes": len(selected), "activations": len(planner.planned), "weights": weights,
                  "transformer": transformer, "activation_dtype": dtype.name}
         for node in selected:
             stats[node.op] = stats.get(node.op, 0) + 1
@@ -179,6 +179,22 @@ def _float_constant(node: gs.Node, index: int) -> bool:
     return isinstance(t, gs.Constant) and np.asarray(t.values).dtype in (np.float32, np.float64)
 
 
+@dataclass
+class _Planned:
+    """One activation to wrap in Q/DQ, and who reads the dequantized copy.
+
+    `readers` None means every reader: the tensor is the output of a quantized unit, which
+    onnxruntime fuses only if every output edge goes to the Q. Otherwise only the quantized
+    readers switch to the dequantized copy and float readers keep the exact tensor — e.g. a
+    LayerNorm output feeding both Q/K/V MatMuls and the residual Add: quantization error
+    must not leak into the residual stream.
+    """
+
+    tensor: gs.Variable
+    params: QParams
+    readers: list[gs.Node] | None
+
+
 class _Planner:
     """Decides the quantization parameters of each activation tensor, once per tensor."""
 
@@ -187,8 +203,7 @@ class _Planner:
         self.table = table
         self.dtype = dtype
         self.symmetric = symmetric
-        self.params: dict[int, QParams] = {}
-        self.plan: list[tuple[gs.Variable, QParams]] = []
+        self.planned: dict[int, _Planned] = {}
 
     def _range(self, tensor: gs.Tensor) -> tuple[float, float]:
         if tensor.name not in self.table:
@@ -198,14 +213,20 @@ class _Planner:
         lo, hi = self.table[tensor.name]
         return float(lo), float(hi)
 
-    def tensor(self, tensor: gs.Variable, p: QParams | None = None) -> QParams:
-        """The parameters of `tensor`, planning its Q/DQ on first use."""
-        if id(tensor) not in self.params:
+    def tensor(self, tensor: gs.Variable, p: QParams | None = None,
+               reader: gs.Node | None = None) -> QParams:
+        """The parameters of `tensor`, planning its Q/DQ on first use; `reader` is the
+        quantized node that reads it (None: a unit output, read through DQ by everyone)."""
+        entry = self.planned.get(id(tensor))
+        if entry is None:
             if p is None:
                 p = qparams(*self._range(tensor), self.dtype, symmetric=self.symmetric)
-            self.params[id(tensor)] = p
-            self.plan.append((tensor, p))
-        return self.params[id(tensor)]
+            entry = self.planned[id(tensor)] = _Planned(tensor, p, [])
+        if reader is None:
+            entry.readers = None
+        elif entry.readers is not None:
+            entry.readers.append(reader)
+        return entry.params
 
     def inputs(self, node: gs.Node, rule: QRule) -> list[QParams]:
         """Plan the node's activation inputs; return their parameters in input order."""
@@ -214,7 +235,7 @@ class _Planner:
         for i in indices:
             t = node.inputs[i] if i < len(node.inputs) else None
             if isinstance(t, gs.Variable) and not t.is_empty() and i != rule.weight:
-                found.append(self.tensor(t))
+                found.append(self.tensor(t, reader=node))
         return found
 
     def output(self, node: gs.Node, rule: QRule, chosen: set[int], transformer: bool) -> None:
@@ -223,7 +244,7 @@ class _Planner:
         if rule.output == "never":
             return
         if rule.output == "same-as-input":
-            self.tensor(out, self.params[id(node.inputs[0])])
+            self.tensor(out, self.planned[id(node.inputs[0])].params)
             return
         target = self._after_activation(out)
         if rule.output == "if-read" and (transformer or not any(

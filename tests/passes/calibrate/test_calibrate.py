@@ -1,0 +1,148 @@
+"""The calibrate pass on the digits model: ranges, invariance, no model change, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from onnxpress import demo
+from onnxpress.errors import PassError, PreconditionError
+from onnxpress.ir import load
+from onnxpress.passes import Context, PassManager, get
+from onnxpress.passes.calibrate import Calibrate, CalibrationTable, tensors_to_calibrate
+from onnxpress.runtime.data import DataSource
+from onnxpress.targets import get_target
+from onnxpress.testing import make_model
+
+CPU = get_target("cpu")
+IMAGES = demo.calibration_data()
+
+
+def calibrate(p: Calibrate, data=None) -> tuple[CalibrationTable, dict]:
+    model = load(demo.model_path())
+    ctx = Context(target=CPU, data=data if data is not None else demo.calibration_data())
+    report = PassManager([p]).run(model, ctx)
+    return ctx.calibration, report["calibrate"].stats
+
+
+@pytest.fixture(scope="module")
+def minmax():
+    return calibrate(Calibrate())[0]
+
+
+def test_registered_and_exact():
+    assert get("calibrate") is Calibrate and Calibrate.exact
+
+
+def test_needs_data():
+    with pytest.raises(PreconditionError, match=r"calibrate needs data: pass data=\.\.\. / --data"):
+        PassManager([Calibrate()]).run(load(demo.model_path()), Context(target=CPU))
+
+
+def test_a_missing_provider_says_how_to_calibrate_elsewhere():
+    tensorrt = get_target("tensorrt")
+    if tensorrt.providers[0] in ort.get_available_providers():
+        pytest.skip("TensorRT is installed here")
+    model = load(demo.model_path())
+    with pytest.raises(PreconditionError, match=r"Calibrate\(run_on='cpu'\)"):
+        PassManager([Calibrate()]).run(model, Context(target=tensorrt, data=IMAGES))
+    ctx = Context(target=tensorrt, data=IMAGES)
+    PassManager([Calibrate(run_on="cpu")]).run(model, ctx)
+    assert len(ctx.calibration) == 28
+
+
+def test_changes_nothing_and_reports_stats():
+    model = load(demo.model_path())
+    before = model.to_onnx().SerializeToString()
+    ctx = Context(target=CPU, data=demo.calibration_data())
+    record = PassManager([Calibrate(method="entropy")]).run(model, ctx)["calibrate"]
+    assert not record.changed
+    model.pipeline.clear()  # the manager's record of the run is the only difference allowed
+    assert model.to_onnx().SerializeToString() == before
+    assert record.stats["tensors"] == len(ctx.calibration) == 28
+    assert (record.stats["samples"], record.stats["batches"], record.stats["probes"]) == (256, 8, 1)
+    assert record.stats["method"] == "entropy" and record.stats["seconds"] >= 0
+
+
+def test_default_tensors_are_float_activations_of_quantizable_ops(minmax):
+    model = load(demo.model_path())
+    names = tensors_to_calibrate(model, CPU)
+    assert list(minmax) == names
+    assert names[0] == "input" and names[-1] == "logits"
+    assert "/head/head.0/Flatten_output_0" in names  # a Gemm input
+    assert not any(c.name in names for c in model.constants())
+
+
+def test_integer_tensors_and_other_ops_are_left_out():
+    model = make_model(
+        '<ir_version: 8, opset_import: ["": 17]> g (int64[N] ids, float[N, 4] x) => (float[N, 4] y)'
+        " { e = Gather(table, ids) s = Sin(x) y = Add(e, s) }",
+        table=np.ones((10, 4), np.float32))
+    assert tensors_to_calibrate(model, CPU) == ["e", "s", "y"]
+
+
+def test_the_targets_quantization_table_widens_the_op_set():
+    model = make_model(
+        '<ir_version: 8, opset_import: ["": 17]> g (float[N, 4] x) => (float[N, 2, 2] y)'
+        " { r = Reshape(x, shape) y = Sin(r) }", shape=np.array([-1, 2, 2], np.int64))
+    assert "Reshape" in CPU.quantization
+    assert tensors_to_calibrate(model, CPU) == ["x", "r"]
+    assert tensors_to_calibrate(model, get_target("cuda")) == []
+
+
+def test_minmax_ranges_are_the_observed_extrema(minmax):
+    relu, logits = minmax["/stem/stem.1/Relu_output_0"], minmax["logits"]
+    assert relu.min == relu.summary["min"] == 0.0
+    assert (logits.min, logits.max) == (logits.summary["min"], logits.summary["max"])
+    assert logits.summary["count"] == 256 * 10
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy", "mse"])
+def test_clipped_ranges_stay_inside_the_observed_ones(minmax, method):
+    table, _ = calibrate(Calibrate(method=method, percentile=99.9))
+    assert table.method == method and list(table) == list(minmax)
+    for name in table:
+        assert minmax[name].min <= table[name].min <= table[name].max <= minmax[name].max
+        assert table[name].summary["bins"] == 2048
+
+
+@pytest.mark.parametrize("method", ["percentile", "mse"])
+def test_batch_size_does_not_change_the_table(method):
+    one, _ = calibrate(Calibrate(method=method, batch_size=1))
+    sixteen, _ = calibrate(Calibrate(method=method, batch_size=16, max_outputs=7))
+    assert one == sixteen
+
+
+def test_save_writes_the_table(tmp_path):
+    path = tmp_path / "calib.json"
+    table, _ = calibrate(Calibrate(method="percentile", tensors=["logits", "input"],
+                                   save=str(path)))
+    assert list(table) == ["logits", "input"]
+    assert CalibrationTable.load(path) == table
+
+
+def test_iterable_data_and_one_shot_batches():
+    images = demo.calibration_data().arrays["input"]
+    feeds = iter([{"input": images[:100]}, {"input": images[100:]}])
+    table, stats = calibrate(Calibrate(), DataSource.from_feeds(feeds))
+    assert stats["batches"] == 2 and table["input"].max == float(images.max())
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"method": "kl"}, "unknown method 'kl'"),
+    ({"bins": 1000}, "power of two"),
+    ({"bins": 128}, "power of two ≥ 256"),
+    ({"percentile": 0}, r"percentile must be in \(0, 100\]"),
+    ({"batch_size": 0}, "must be positive"),
+    ({"tensors": "logits"}, "list of names"),
+    ({"run_on": "gpu"}, "run_on must be one of"),
+])
+def test_bad_options(options, match):
+    with pytest.raises(PassError, match=match):
+        Calibrate(**options)
+
+
+def test_unknown_tensor_names_the_pass_and_the_tensor():
+    with pytest.raises(PassError, match="pass 'calibrate' failed.*tensor 'nope'"):
+        calibrate(Calibrate(tensors=["nope"]))
