@@ -1,12 +1,28 @@
 """Recipes: named pass lists for common goals, so users need not know the pass names.
 
-A recipe is a plain list of registered pass names — no new concept: ``optimize(model,
-RECIPES["cleanup"])`` is the same as naming the passes. The CLI's ``--recipe`` and
-``onnxpress demo`` read this table, so a recipe added here is immediately available in both.
+A recipe is a plain list of passes (registered names or pass objects) — no new concept:
+``optimize(model, RECIPES["int8-cpu"], data=...)`` is the same as naming the passes. The
+CLI's ``--recipe`` and ``onnxpress demo`` read this table, so a recipe added here is
+immediately available in both. `RECIPE_TARGETS` names the target a recipe is made for when
+it is not ``cpu``.
 """
 
-#: Recipe name → pass names, run in order.
-RECIPES: dict[str, list[str]] = {
+from onnxpress.passes.base import Pass
+from onnxpress.passes.calibrate import Calibrate
+
+#: Recipe name → passes, run in order.
+RECIPES: dict[str, list[str | Pass]] = {
     "cleanup": ["cleanup"],
     "fuse": ["fuse"],
+    # Percentile ranges measured best on MiniLM (mean embedding cosine 0.9931 vs minmax
+    # 0.9929, mse 0.9929, entropy 0.963) and equal to minmax on the digits CNN.
+    "int8-cpu": ["fuse", Calibrate(method="percentile"), "quantize-static"],
+    "dynamic-int8": ["fuse", "quantize-dynamic"],
+    # TensorRT fuses BatchNorm itself and wants float bias: cleanup only, then symmetric Q/DQ.
+    # Ranges are computed with onnxruntime on the CPU (the same FP32 model on any provider).
+    "int8-tensorrt": ["cleanup", Calibrate(method="percentile", run_on="cpu"),
+                      "quantize-static"],
 }
+
+#: Recipes made for a target other than "cpu".
+RECIPE_TARGETS: dict[str, str] = {"int8-tensorrt": "tensorrt"}
