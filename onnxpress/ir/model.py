@@ -131,6 +131,13 @@ class Model:
         """A deep copy: no node, tensor or weight array is shared with this model."""
         return Model.from_onnx(self.to_onnx(), source=self.source)
 
+    def adopt(self, other: Model) -> None:
+        """Take over `other`'s graph and opsets (a pass that searched over trial copies
+        keeps the winner); cached analyses are dropped and the name authority re-seeded."""
+        self.graph, self.opsets = other.graph, dict(other.opsets)
+        self.invalidate()
+        self._seed_names()
+
     def save(self, path: str | Path, **kwargs: Any) -> Path:
         """Write the model atomically; see `onnxpress.ir.io.save` for the options."""
         from onnxpress.ir.io import save

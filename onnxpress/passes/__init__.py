@@ -15,11 +15,12 @@ from onnxpress.passes.fusion.pipeline import Fuse
 from onnxpress.passes.fusion.transpose import FuseTransposes
 from onnxpress.passes.manager import DumpAfterEach, PassManager, PassRecord, Report
 from onnxpress.passes.quantize.dynamic import QuantizeDynamic
+from onnxpress.passes.quantize.sensitivity import MixedPrecision
 from onnxpress.passes.quantize.static import QuantizeStatic
 
 __all__ = [
     "Calibrate", "Cleanup", "Context", "DumpAfterEach", "EliminateDeadCode", "EliminateIdentity",
     "FoldConstants", "Fuse", "FuseBatchNorm", "FuseGelu", "FuseGemm", "FuseLayerNorm", "FusePad",
-    "FuseTransposes", "Pass", "PassManager", "PassRecord", "PassResult", "QuantizeStatic", "Report", "get",
+    "FuseTransposes", "MixedPrecision", "Pass", "PassManager", "PassRecord", "PassResult", "QuantizeStatic", "Report", "get",
     "registered", "resolve",
 ]

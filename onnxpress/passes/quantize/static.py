@@ -107,7 +107,7 @@ class QuantizeStatic(Pass):
         rules = ctx.target.quantization
         transformer = (is_transformer(model) if self.transformer == "auto"
                        else self.transformer == "on")
-        selected = self._select(model, rules, transformer)
+        selected = self.select(model, rules, transformer)
         dtype = np.dtype(self.activation_dtype or ctx.target.activation_dtype)
         symmetric = (ctx.target.symmetric_activations if self.symmetric_activations is None
                      else self.symmetric_activations)
@@ -135,7 +135,8 @@ class QuantizeStatic(Pass):
         return any(fnmatch.fnmatchcase(node.name, pattern) or node.op == pattern
                    for pattern in self.exclude)
 
-    def _select(self, model: Model, rules, transformer: bool) -> list[gs.Node]:
+    def select(self, model: Model, rules, transformer: bool) -> list[gs.Node]:
+        """The nodes this pass would quantize, in graph order (rules 1 of the module doc)."""
         graph = model.graph
         for pattern in self.exclude:
             if not any(fnmatch.fnmatchcase(n.name, pattern) or n.op == pattern
