@@ -43,16 +43,16 @@ from onnxpress.passes.base import Context, Pass, resolve
 from onnxpress.passes.manager import PassRecord, Report
 from onnxpress.passes.calibrate import Calibrate
 from onnxpress.passes.calibrate.calibrate import METHODS
-from onnxpress.passes.quantize.static import is_quantized
 from onnxpress.recipes import RECIPE_TARGETS, RECIPES
-from onnxpress.runtime.fusion import fusion_report
 from onnxpress.runtime.bench import benchmark
 from onnxpress.runtime.compare import compare
 from onnxpress.runtime.data import DataSource, as_data_source
-from onnxpress.targets import TARGETS, get_target
+from onnxpress.targets import TARGETS
 
 #: Exit status of every error the user can cause (argparse uses 2 for usage errors too).
 EXIT_ERROR = 2
+#: Stats too long for a table cell, printed on their own lines below the report.
+LONG_STATS = frozenset({"onnxruntime", "float_layers"})
 #: Random samples `compare` uses when no --data is given.
 RANDOM_SAMPLES = 16
 
@@ -162,7 +162,7 @@ def _report_table(report: Report) -> Table:
                   title="passes")
     for r in report.records:
         stats = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in r.stats.items())
+                          for k, v in r.stats.items() if k not in LONG_STATS)
         table.add_row(r.name, "yes" if r.changed else "no", f"{r.seconds:.3f}",
                       f"{r.nodes_before} → {r.nodes_after}",
                       f"{_size(r.bytes_before)} → {_size(r.bytes_after)}", stats)
@@ -240,9 +240,10 @@ def _optimize(args: argparse.Namespace, ui: _Ui) -> None:
     size_before = source.stat().st_size  # before saving: OUT may be MODEL (--overwrite)
     model.save(out, overwrite=args.overwrite)
     ui.out.print(_report_table(model.report))
+    for record in model.report.records:
+        for key in LONG_STATS & record.stats.keys():
+            ui.out.print(f"{record.name}: {key}: {record.stats[key]}")
     ui.out.print(f"wrote {out}: {_change(size_before, out.stat().st_size)}")
-    if is_quantized(model) and get_target(target).name == "cpu":
-        ui.out.print(f"onnxruntime CPU: {fusion_report(model).summary()}")
 
 
 def _calibration_options(p: Pass, args: argparse.Namespace) -> Pass:

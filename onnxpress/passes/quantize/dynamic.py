@@ -29,7 +29,7 @@ from onnxpress.ir.edit import dead_code, insert_before, replace_uses
 from onnxpress.ir.model import Model
 from onnxpress.passes.base import Context, Pass, PassResult
 from onnxpress.passes.quantize.qdq import quantize_array, weight_qparams
-from onnxpress.passes.quantize.static import is_quantized
+from onnxpress.passes.quantize.static import fusion_stats, is_quantized
 
 
 def _matrix(node: gs.Node) -> np.ndarray | None:
@@ -83,6 +83,8 @@ class QuantizeDynamic(Pass):
             dead_code(model.graph)
         stats = {"MatMul": sum(n.op == "MatMul" for n in done),
                  "Gemm": sum(n.op == "Gemm" for n in done)}
+        if done:
+            stats.update(fusion_stats(model, ctx))
         return PassResult(bool(done), stats)
 
     def _rewrite(self, model: Model, node: gs.Node, w: np.ndarray) -> None:

@@ -34,7 +34,7 @@ from onnxpress.errors import PreconditionError
 from onnxpress.ir.model import Model
 from onnxpress.passes.base import Context, Pass, PassResult
 from onnxpress.passes.quantize.qdq import QParams, qparams, quantize_array, weight_qparams
-from onnxpress.passes.quantize.static import QuantizeStatic, is_transformer
+from onnxpress.passes.quantize.static import QuantizeStatic, fusion_stats, is_transformer
 from onnxpress.runtime.collect import collect
 from onnxpress.runtime.session import session
 
@@ -124,7 +124,7 @@ class MixedPrecision(Pass):
         def attempt(k: int) -> tuple[Model, float]:
             trial = model.copy()
             quantizer = replace(self.quantize, exclude=(*self.quantize.exclude, *order[:k]))
-            quantizer.run(trial, ctx)
+            quantizer.quantize(trial, ctx)
             return trial, _cosine(reference, _outputs(trial, feeds, judged))
 
         tried: dict[int, tuple[Model, float]] = {}
@@ -148,7 +148,8 @@ class MixedPrecision(Pass):
         quantized = len(order) - high
         return PassResult(True, {
             "quantized": quantized, "kept_float": high, "cosine": round(cosine, 6),
-            "trials": len(tried), "float_layers": ", ".join(order[:high])})
+            "trials": len(tried), "float_layers": ", ".join(order[:high]),
+            **fusion_stats(model, ctx)})
 
     def _scores(self, model: Model, ctx: Context) -> dict[str, float]:
         """Relative output error of each candidate layer quantized alone, on real inputs."""

@@ -57,6 +57,15 @@ WEIGHTED = frozenset({"MatMul", "Gemm"})
 ACTIVATION_FOLDS = frozenset({"Relu"})
 
 
+def fusion_stats(model: Model, ctx: Context) -> dict[str, str]:
+    """What onnxruntime fused, for the report — on the cpu target, where it can be asked."""
+    if ctx.target.name != "cpu":
+        return {}
+    from onnxpress.runtime.fusion import fusion_report
+
+    return {"onnxruntime": fusion_report(model).summary()}
+
+
 def is_quantized(model: Model) -> bool:
     """Whether the model already carries quantization nodes."""
     return any(n.op in QDQ_OPS for n in model.graph.nodes)
@@ -101,9 +110,16 @@ class QuantizeStatic(Pass):
                                     "first (with data=... / --data FILE)")
 
     def run(self, model: Model, ctx: Context) -> PassResult:
-        """Quantize the model in place."""
+        """Quantize the model in place and report what onnxruntime fused."""
         if is_quantized(model):
             return PassResult(False, {"skipped": "model is already quantized"})
+        stats = self.quantize(model, ctx)
+        if stats["nodes"]:
+            stats.update(fusion_stats(model, ctx))
+        return PassResult(bool(stats["nodes"]), stats)
+
+    def quantize(self, model: Model, ctx: Context) -> dict:
+        """Insert the Q/DQ nodes in place; return the stats (no onnxruntime involved)."""
         rules = ctx.target.quantization
         transformer = (is_transformer(model) if self.transformer == "auto"
                        else self.transformer == "on")
@@ -128,7 +144,7 @@ class QuantizeStatic(Pass):
                  "transformer": transformer, "activation_dtype": dtype.name}
         for node in selected:
             stats[node.op] = stats.get(node.op, 0) + 1
-        return PassResult(bool(selected), stats)
+        return stats
 
     # ----------------------------------------------------------------------------------------
     def _excluded(self, node: gs.Node) -> bool:
