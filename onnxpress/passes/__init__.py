@@ -13,14 +13,18 @@ from onnxpress.passes.fusion.layernorm import FuseLayerNorm
 from onnxpress.passes.fusion.pad import FusePad
 from onnxpress.passes.fusion.pipeline import Fuse
 from onnxpress.passes.fusion.transpose import FuseTransposes
+from onnxpress.passes.lowrank import LowRank
 from onnxpress.passes.manager import DumpAfterEach, PassManager, PassRecord, Report
 from onnxpress.passes.quantize.dynamic import QuantizeDynamic
 from onnxpress.passes.quantize.sensitivity import MixedPrecision
 from onnxpress.passes.quantize.static import QuantizeStatic
+from onnxpress.passes.sparsity.magnitude import PruneMagnitude
+from onnxpress.passes.sparsity.semi_structured import Sparsify2to4
 
 __all__ = [
     "Calibrate", "Cleanup", "Context", "DumpAfterEach", "EliminateDeadCode", "EliminateIdentity",
     "FoldConstants", "Fuse", "FuseBatchNorm", "FuseGelu", "FuseGemm", "FuseLayerNorm", "FusePad",
-    "FuseTransposes", "MixedPrecision", "Pass", "PassManager", "PassRecord", "PassResult", "QuantizeStatic", "Report", "get",
+    "FuseTransposes", "LowRank", "MixedPrecision", "Pass", "PassManager", "PassRecord", "PassResult", "PruneMagnitude", "QuantizeDynamic", "QuantizeStatic",
+    "Report", "Sparsify2to4", "get",
     "registered", "resolve",
 ]

@@ -11,6 +11,7 @@ run raises (`PreconditionError` from `requires`) with the reason. Nothing is ski
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -136,12 +137,39 @@ def registered() -> dict[str, type[Pass]]:
 
 
 def resolve(spec: Pass | str) -> Pass:
-    """A pass object from an object or a registry name (with default options)."""
+    """A pass object from an object, a registry name, or a name with options.
+
+    Options follow the name, separated by colons — ``"prune-magnitude:sparsity=0.3:scope=layer"``
+    — so that command lines can set them; values are Python literals (numbers, booleans,
+    tuples) or else plain strings.
+
+    Raises:
+        PassError: the name is unknown, or an option is not a field of the pass.
+    """
     if isinstance(spec, Pass):
         return spec
-    if isinstance(spec, str):
-        return get(spec.strip())()
-    raise PassError(f"not a pass: {spec!r}; give a Pass object or a registered name")
+    if not isinstance(spec, str):
+        raise PassError(f"not a pass: {spec!r}; give a Pass object or a registered name")
+    name, *settings = [part.strip() for part in spec.split(":")]
+    cls = get(name)
+    options = {}
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        if not sep:
+            raise PassError(f"pass '{name}': option '{setting}' is not key=value")
+        options[key.strip()] = _literal(text.strip())
+    try:
+        return cls(**options)
+    except TypeError as e:
+        fields = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+        raise PassError(f"pass '{name}': {e}; its options are {fields}") from None
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 def _import_builtin_passes() -> None:
