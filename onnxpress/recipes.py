@@ -22,7 +22,11 @@ RECIPES: dict[str, list[str | Pass]] = {
     # Ranges are computed with onnxruntime on the CPU (the same FP32 model on any provider).
     "int8-tensorrt": ["cleanup", Calibrate(method="percentile", run_on="cpu"),
                       "quantize-static"],
+    # 2:4 weights run on TensorRT's sparse tensor cores only with int8 or fp16 alongside
+    # (R-B8); sparsity goes first so the quantization ranges see the sparse weights' outputs.
+    "sparse24-tensorrt": ["cleanup", "sparsify-2to4",
+                          Calibrate(method="percentile", run_on="cpu"), "quantize-static"],
 }
 
 #: Recipes made for a target other than "cpu".
-RECIPE_TARGETS: dict[str, str] = {"int8-tensorrt": "tensorrt"}
+RECIPE_TARGETS: dict[str, str] = {"int8-tensorrt": "tensorrt", "sparse24-tensorrt": "tensorrt"}

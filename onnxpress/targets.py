@@ -37,18 +37,28 @@ class QRule:
     """How one op type is quantized on a target.
 
     Attributes:
-        activations: Indices of the inputs quantized as activations (None: all inputs).
+        activations: Indices of the inputs quantized as activations (None: all inputs), or
+            a function of the node giving them.
         weight: Index of the constant weight input, if any.
         weight_axis: Per-channel axis of the weight, or a function of the node giving it.
         bias: Index of a bias input stored as int32 (scale s_x * s_w), if the target wants it.
         output: How the output is treated (see `OutputRule`).
     """
 
-    activations: tuple[int, ...] | None = (0,)
+    activations: tuple[int, ...] | Callable[[gs.Node], tuple[int, ...]] | None = (0,)
     weight: int | None = None
     weight_axis: int | Callable[[gs.Node], int] | None = None
     bias: int | None = None
     output: OutputRule = "always"
+
+    def inputs(self, node: gs.Node) -> list[int]:
+        """Indices of `node`'s activation inputs to quantize (present, non-constant ones)."""
+        if callable(self.activations):
+            indices = self.activations(node)
+        else:
+            indices = range(len(node.inputs)) if self.activations is None else self.activations
+        return [i for i in indices if i < len(node.inputs) and i != self.weight
+                and isinstance(node.inputs[i], gs.Variable) and not node.inputs[i].is_empty()]
 
     def axis(self, node: gs.Node) -> int | None:
         """The weight's per-channel axis for `node`."""
@@ -58,6 +68,21 @@ class QRule:
 def _gemm_axis(node: gs.Node) -> int:
     """Gemm computes A·B (or A·Bᵀ with transB): output channels are B's axis 1 (or 0)."""
     return 0 if node.attrs.get("transB", 0) else 1
+
+
+def _residual_input(node: gs.Node) -> tuple[int, ...]:
+    """The skip input of a residual Add (R-B3): TensorRT fuses Conv + Add when the branch
+    coming from the Conv stays unquantized, and the *other* input's precision decides the
+    fused output's. A branch counts as a conv branch if it reaches a weighted op through
+    BatchNormalization only; with two conv branches, the second input is the skip."""
+    def from_weighted(tensor: gs.Tensor) -> bool:
+        node = tensor.inputs[0] if tensor.inputs else None
+        while node is not None and node.op == "BatchNormalization":
+            node = node.inputs[0].inputs[0] if node.inputs[0].inputs else None
+        return node is not None and node.op in ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+    skips = tuple(i for i, t in enumerate(node.inputs[:2]) if not from_weighted(t))
+    return skips[:1] if skips else (1,)
 
 
 _DATA_MOVEMENT = QRule(output="same-as-input")
@@ -85,7 +110,7 @@ TENSORRT_RULES = MappingProxyType({
     "ConvTranspose": QRule(weight=1, weight_axis=1, output="never"),
     "Gemm": QRule(weight=1, weight_axis=_gemm_axis, output="never"),
     "MatMul": QRule(weight=1, weight_axis=1, output="never"),
-    "Add": QRule(activations=(0, 1), output="never"),
+    "Add": QRule(activations=_residual_input, output="never"),
 })
 
 

@@ -158,7 +158,7 @@ class MixedPrecision(Pass):
                        else self.quantize.transformer == "on")
         candidates = [n for n in self.quantize.select(model, rules, transformer)
                       if rules[n.op].weight is not None]
-        inputs = sorted({n.inputs[i].name for n in candidates for i in _activations(n, rules)})
+        inputs = sorted({n.inputs[i].name for n in candidates for i in rules[n.op].inputs(n)})
         observers = {name: _Rows(name, self.samples) for name in inputs}
         collect(model, inputs, ctx.data, observers, target="cpu")
         dtype = np.dtype(self.quantize.activation_dtype or ctx.target.activation_dtype)
@@ -168,7 +168,7 @@ class MixedPrecision(Pass):
         scores = {}
         for node in candidates:
             rule = rules[node.op]
-            x = {i: observers[node.inputs[i].name].value for i in _activations(node, rules)}
+            x = {i: observers[node.inputs[i].name].value for i in rule.inputs(node)}
             x_hat = {i: fake_quantize(v, qparams(*ctx.calibration[node.inputs[i].name], dtype,
                                                  symmetric=symmetric))
                      for i, v in x.items()}
@@ -180,13 +180,6 @@ class MixedPrecision(Pass):
             scores[node.name] = float(np.sum((exact - approx) ** 2)
                                       / max(np.sum(exact.astype(np.float64) ** 2), 1e-30))
         return scores
-
-
-def _activations(node: gs.Node, rules) -> list[int]:
-    rule = rules[node.op]
-    indices = range(len(node.inputs)) if rule.activations is None else rule.activations
-    return [i for i in indices if i < len(node.inputs) and isinstance(node.inputs[i], gs.Variable)
-            and not node.inputs[i].is_empty()]
 
 
 def _run_alone(model: Model, node: gs.Node, activations: dict[int, np.ndarray],

@@ -247,13 +247,7 @@ class _Planner:
 
     def inputs(self, node: gs.Node, rule: QRule) -> list[QParams]:
         """Plan the node's activation inputs; return their parameters in input order."""
-        indices = range(len(node.inputs)) if rule.activations is None else rule.activations
-        found = []
-        for i in indices:
-            t = node.inputs[i] if i < len(node.inputs) else None
-            if isinstance(t, gs.Variable) and not t.is_empty() and i != rule.weight:
-                found.append(self.tensor(t, reader=node))
-        return found
+        return [self.tensor(node.inputs[i], reader=node) for i in rule.inputs(node)]
 
     def output(self, node: gs.Node, rule: QRule, chosen: set[int], transformer: bool) -> None:
         """Plan the node's output Q according to the rule (after a lone Relu reader, if any)."""
