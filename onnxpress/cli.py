@@ -43,6 +43,7 @@ from onnxpress.passes.base import Context, Pass, resolve
 from onnxpress.passes.manager import PassRecord, Report
 from onnxpress.passes.calibrate import Calibrate
 from onnxpress.passes.calibrate.calibrate import METHODS
+from onnxpress.passes.sparsity.coupling import describe_groups
 from onnxpress.recipes import RECIPE_TARGETS, RECIPES
 from onnxpress.runtime.bench import benchmark
 from onnxpress.runtime.compare import compare
@@ -223,6 +224,10 @@ def _inspect(args: argparse.Namespace, ui: _Ui) -> None:
     totals = [sum(v[i] for v in by_dtype.values()) for i in range(3)]
     params.add_row("total", str(totals[0]), f"{totals[1]:,}", _size(totals[2]), style="bold")
     ui.out.print(params)
+    if args.prunable:
+        ui.out.print("channel groups (prune-channels):")
+        for line in describe_groups(model):
+            ui.out.print(f"  {line}")
 
 
 def _optimize(args: argparse.Namespace, ui: _Ui) -> None:
@@ -378,6 +383,8 @@ def _parser() -> _ArgumentParser:
 
     p = commands.add_parser("inspect", parents=[common], help="describe a model")
     p.add_argument("model", help="ONNX model file")
+    p.add_argument("--prunable", action="store_true",
+                   help="also list the coupled channel groups prune-channels would see")
     p.set_defaults(run=_inspect)
 
     p = commands.add_parser("optimize", parents=[common], help="run passes and save the result")

@@ -18,6 +18,9 @@ RECIPES: dict[str, list[str | Pass]] = {
     # 0.9929, mse 0.9929, entropy 0.963) and equal to minmax on the digits CNN.
     "int8-cpu": ["fuse", Calibrate(method="percentile"), "quantize-static"],
     "dynamic-int8": ["fuse", "quantize-dynamic"],
+    # Remove 30% of the channels, then refit the layers that read them by least squares
+    # against the original model's activations (the teacher): no retraining.
+    "prune-channels": ["fuse", "prune-channels", "reconstruct", "cleanup"],
     # TensorRT fuses BatchNorm itself and wants float bias: cleanup only, then symmetric Q/DQ.
     # Ranges are computed with onnxruntime on the CPU (the same FP32 model on any provider).
     "int8-tensorrt": ["cleanup", Calibrate(method="percentile", run_on="cpu"),

@@ -175,3 +175,10 @@ def test_no_command_is_a_usage_error(capsys):
 def test_help_exits_cleanly(capsys):
     status, out, _ = run(capsys, "--help")
     assert status == 0 and "optimize" in out
+
+
+def test_inspect_prunable_lists_the_channel_groups(capsys, digits):
+    status, out, err = run(capsys, "inspect", digits, "--prunable")
+    assert status == 0, err
+    groups = [line for line in out.splitlines() if line.strip().startswith("group ")]
+    assert groups and any("frozen" in line for line in groups)  # the logits Gemm's group

@@ -402,10 +402,17 @@ def _replace(model: Model, m: Match, rule: Rule) -> bool:
     for node in builder.nodes:
         fidelity.tag(node, "onnxpress.rule", rule.name)  # which rewrite made it, as in Netron
     insert_before(graph, m.root, builder.nodes)
+    made = {id(t) for node in builder.nodes for t in node.outputs}
     for old, new in zip(old_outputs, new_outputs):
         if isinstance(new, gs.Variable) and isinstance(old, gs.Variable):
             new.dtype = new.dtype if new.dtype is not None else old.dtype
             new.shape = new.shape if new.shape is not None else old.shape
+        if id(new) in made and not is_graph_output(graph, old):
+            # The replacement computes the same tensor: it keeps the name, which calibration
+            # tables, teachers (reconstruct) and users' exclusion lists refer to.
+            name = old.name
+            old.name = model.fresh_name(f"{name}_unfused")
+            new.name = name
         replace_uses(graph, old, new, graph_outputs=True)
     remove(graph, m.nodes, safe=True)
     return True

@@ -18,13 +18,15 @@ from onnxpress.passes.manager import DumpAfterEach, PassManager, PassRecord, Rep
 from onnxpress.passes.quantize.dynamic import QuantizeDynamic
 from onnxpress.passes.quantize.sensitivity import MixedPrecision
 from onnxpress.passes.quantize.static import QuantizeStatic
+from onnxpress.passes.sparsity.channels import PruneChannels
 from onnxpress.passes.sparsity.magnitude import PruneMagnitude
+from onnxpress.passes.sparsity.reconstruct import Reconstruct
 from onnxpress.passes.sparsity.semi_structured import Sparsify2to4
 
 __all__ = [
     "Calibrate", "Cleanup", "Context", "DumpAfterEach", "EliminateDeadCode", "EliminateIdentity",
     "FoldConstants", "Fuse", "FuseBatchNorm", "FuseGelu", "FuseGemm", "FuseLayerNorm", "FusePad",
-    "FuseTransposes", "LowRank", "MixedPrecision", "Pass", "PassManager", "PassRecord", "PassResult", "PruneMagnitude", "QuantizeDynamic", "QuantizeStatic",
-    "Report", "Sparsify2to4", "get",
+    "FuseTransposes", "LowRank", "MixedPrecision", "Pass", "PassManager", "PassRecord", "PassResult", "PruneChannels", "PruneMagnitude", "QuantizeDynamic", "QuantizeStatic",
+    "Reconstruct", "Report", "Sparsify2to4", "get",
     "registered", "resolve",
 ]

@@ -1,0 +1,271 @@
+"""Structured channel pruning: remove whole output channels of coupled layers (prune-channels).
+
+The coupling analysis (`onnxpress.passes.sparsity.coupling`) splits the channels into groups
+that must lose the same indices. This pass scores each prunable group's channels, chooses a
+kept set ``K`` per group and rewrites every parameter the group touches, so the graph really
+shrinks: fewer rows in the producers' weights, fewer columns in the consumers', smaller BN
+parameters, depthwise ``group`` counts and Reshape constants. Graph outputs never change shape.
+
+Scores. For a producer layer ``p`` whose weight has output channel ``k`` in slice ``W_p[k]``:
+
+    l1:  s_p[k] = |γ̂_k| · Σ |W_p[k]|        l2:  s_p[k] = |γ̂_k| · ‖W_p[k]‖₂
+
+where ``γ̂ = γ / √(σ² + ε)`` when a BatchNormalization reads ``p``'s output directly, else 1:
+the norm of the BN-folded weight, so the scores are the same before and after fuse-batchnorm
+(Li et al., 2017). ``bn-gamma`` takes ``s[k] = |γ_k|`` from every BatchNormalization the group
+passes through (Network Slimming, Liu et al., 2017; only before BN folding). Each layer's
+scores are divided by their mean, so layers of different scale weigh the same, then averaged
+over the group: ``S_g[k] = mean_p s_p[k] / mean(s_p)``.
+
+Widths. A group narrows in *blocks*: first to the largest multiple of ``round_to`` below
+``C_g``, then ``round_to`` channels at a time, never below ``round_to`` nor below
+``(1 − max_ratio_per_layer)·C_g``. Each block holds the group's lowest remaining scores, and
+all groups' blocks are ranked together by their mean ``S`` (which is comparable across groups:
+every group's scores have mean 1). Blocks are taken in that order while each brings the
+channels removed closer to ``ratio · Σ C_g``. ``K_g`` is the top-scoring channels of the width
+left. Layers that read a graph input (a model's first layers: their few input channels make
+every output channel count) are kept whole unless ``prune_first=True`` (rule R-D3).
+
+Rewrite. Every edit of the analysis knows the layout of the tensor it applies to; its
+surviving positions are ``P = {o_j + k·r_j + t : k ∈ K_{s_j}, 0 ≤ t < r_j}`` and the edit keeps
+``W[P]`` along its axis (or writes ``|P|`` into ``group`` / a shape entry). A pruned layer is
+tagged with the channels of the original it keeps (metadata ``onnxpress.kept_channels``), so
+`reconstruct` can compare it with the teacher. Shapes are then re-inferred.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxpress.errors import PassError
+from onnxpress.ir import analyses, fidelity
+from onnxpress.ir.edit import consumers
+from onnxpress.ir.model import Model
+from onnxpress.passes.base import Context, Pass, PassResult
+from onnxpress.passes.sparsity.coupling import KEPT_KEY, ChannelGroup, Coupling, SliceInput, analyze
+
+CRITERIA = ("l1", "l2", "bn-gamma")
+
+
+def kept_channels(node: gs.Node) -> np.ndarray | None:
+    """The channels of the original model a pruned layer keeps (None if never pruned)."""
+    recorded = getattr(node, fidelity.NODE_META, ("", {}))[1].get(KEPT_KEY)
+    return None if recorded is None else np.asarray(json.loads(recorded), np.int64)
+
+
+@dataclass(frozen=True)
+class PruneChannels(Pass):
+    """Remove the least important output channels of coupled Conv/Gemm/MatMul groups.
+
+    Attributes:
+        ratio: Fraction of the prunable channels to remove, in (0, 1).
+        criterion: "l1" or "l2" (norm of the BN-folded producer weights) or "bn-gamma".
+        round_to: Pruned widths are multiples of this (never below it).
+        max_ratio_per_layer: At most this fraction of one group is removed, in (0, 1].
+        exclude: Node-name globs; a group with a matching producer (or depthwise Conv) is
+            left whole.
+        prune_first: Also prune groups produced by a layer that reads a graph input.
+    """
+
+    name: ClassVar[str] = "prune-channels"
+    exact: ClassVar[bool] = False
+    preserves: ClassVar[frozenset] = frozenset({analyses.shapes})  # re-inferred at the end
+
+    ratio: float = 0.3
+    criterion: str = "l2"
+    round_to: int = 8
+    max_ratio_per_layer: float = 0.5
+    exclude: tuple[str, ...] = ()
+    prune_first: bool = False
+
+    def __post_init__(self) -> None:
+        """Validate the options now, before any model is touched."""
+        if not 0 < self.ratio < 1:
+            raise PassError(f"prune-channels: ratio must be in (0, 1), not {self.ratio}")
+        if self.criterion not in CRITERIA:
+            raise PassError(f"prune-channels: unknown criterion '{self.criterion}'; use one of "
+                            f"{', '.join(CRITERIA)}")
+        if not isinstance(self.round_to, int) or self.round_to < 1:
+            raise PassError(f"prune-channels: round_to must be a positive integer, not "
+                            f"{self.round_to!r}")
+        if not 0 < self.max_ratio_per_layer <= 1:
+            raise PassError("prune-channels: max_ratio_per_layer must be in (0, 1], not "
+                            f"{self.max_ratio_per_layer}")
+        if isinstance(self.exclude, str):
+            raise PassError("prune-channels: exclude must be a list of node-name globs, not "
+                            "one string")
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+
+    def run(self, model: Model, ctx: Context) -> PassResult:
+        """Score, choose the kept channels, rewrite the graph and re-infer shapes."""
+        coupling = analyze(model)
+        stats: dict = {"groups": len(coupling.groups),
+                       "frozen": {g.label: g.frozen for g in coupling.groups if g.frozen}}
+        skipped = self._skipped(model, coupling, stats)
+        scored = []
+        for group in coupling.groups:
+            if group.frozen or group.label in skipped:
+                continue
+            scores = self._scores(group, coupling)
+            if not self._steps(group.channels):
+                skipped[group.label] = (f"{group.channels} channels: no narrower multiple of "
+                                        f"round_to={self.round_to} within "
+                                        f"max_ratio_per_layer={self.max_ratio_per_layer}")
+            elif scores is None:
+                skipped[group.label] = ("no BatchNormalization to take gamma from"
+                                        if self.criterion == "bn-gamma" else
+                                        "every producer's weight is zero")
+            else:
+                scored.append((group, scores))
+        stats["skipped"] = skipped
+        if not scored:
+            stats["reason"] = ("no prunable channel group: every group is frozen or skipped "
+                               "(see 'frozen' and 'skipped')")
+            return PassResult(False, stats)
+        widths = self._widths(scored)
+        kept = {}
+        for (group, scores), width in zip(scored, widths, strict=True):
+            if width < group.channels:
+                chosen = np.sort(np.argsort(-scores, kind="stable")[:width])
+                kept.update(dict.fromkeys(group.spaces, chosen))
+        stats.update(channels_before=sum(g.channels for g, _ in scored),
+                     channels_after=sum(widths),
+                     widths={g.label: f"{g.channels} → {w}"
+                             for (g, _), w in zip(scored, widths, strict=True)
+                             if w < g.channels})
+        if not kept:
+            stats["reason"] = (f"ratio={self.ratio} with round_to={self.round_to} leaves every "
+                               "width unchanged")
+            return PassResult(False, stats)
+        _rewrite(model, coupling, kept)
+        return PassResult(True, stats)
+
+    # ----------------------------------------------------------------------------------------
+    def _skipped(self, model: Model, coupling: Coupling, stats: dict) -> dict[str, str]:
+        """Groups kept whole by `exclude` or as first layers; warns about globs matching no
+        node."""
+        unmatched = [p for p in self.exclude
+                     if not any(fnmatch.fnmatchcase(n.name, p) for n in model.graph.nodes)]
+        if unmatched:
+            stats["unmatched_exclude"] = unmatched
+            warnings.warn(f"prune-channels: exclude pattern(s) {unmatched} match no node",
+                          UserWarning, stacklevel=2)
+        inputs = {id(t) for t in model.graph.inputs}
+        skipped = {}
+        for group in coupling.groups:
+            layers = group.producers + [n for n in group.through if n.op == "Conv"]
+            hits = [p for p in self.exclude
+                    if any(fnmatch.fnmatchcase(n.name, p) for n in layers)]
+            if group.frozen:
+                continue
+            first = [n for n in group.producers if id(n.inputs[0]) in inputs]
+            if hits:
+                skipped[group.label] = f"excluded by {hits}"
+            elif first and not self.prune_first:
+                skipped[group.label] = (f"first layer: reads graph input "
+                                        f"'{first[0].inputs[0].name}' (prune_first=True "
+                                        "prunes it)")
+        return skipped
+
+    def _scores(self, group: ChannelGroup, coupling: Coupling) -> np.ndarray | None:
+        """``S_g``: per-layer scores normalized by their mean, averaged (None: no source)."""
+        if self.criterion == "bn-gamma":
+            layers = list(_gamma_scores(group, coupling))
+        else:
+            layers = [_weight_scores(node, axis, self.criterion)
+                      for node, axis in _producer_weights(group, coupling)]
+        layers = [s / s.mean() for s in layers if s.mean() > 0]
+        return np.mean(layers, axis=0) if layers else None
+
+    def _widths(self, scored: list[tuple[ChannelGroup, np.ndarray]]) -> list[int]:
+        """Kept width per group: blocks of whole round_to steps, ranked globally."""
+        blocks = []  # (mean score, group, step within the group, channels it removes)
+        for i, (group, scores) in enumerate(scored):
+            ascending, removed = np.sort(scores), 0
+            for step, size in enumerate(self._steps(group.channels)):
+                blocks.append((float(ascending[removed:removed + size].mean()), i, step, size))
+                removed += size
+        budget = self.ratio * sum(group.channels for group, _ in scored)
+        removed, taken, total = [0] * len(scored), [0] * len(scored), 0
+        for _, i, step, size in sorted(blocks):
+            # A block is taken while it brings the total closer to the budget; a group's
+            # blocks are taken in order (later ones hold its higher scores).
+            if step == taken[i] and total + size / 2 < budget:
+                removed[i] += size
+                taken[i] += 1
+                total += size
+        return [group.channels - gone for (group, _), gone in zip(scored, removed,
+                                                                   strict=True)]
+
+    def _steps(self, channels: int) -> list[int]:
+        """Channels removed by each successive narrowing: down to the largest multiple of
+        round_to below `channels`, then round_to at a time, while the width stays ≥ round_to
+        and the removal within max_ratio_per_layer."""
+        least = max(channels * (1 - self.max_ratio_per_layer), self.round_to)
+        floor = math.ceil(least / self.round_to - 1e-9) * self.round_to
+        widths = [channels, *range((channels - 1) // self.round_to * self.round_to, floor - 1,
+                                   -self.round_to)]
+        return [a - b for a, b in itertools.pairwise(widths)]
+
+
+def _rewrite(model: Model, coupling: Coupling, kept: dict[int, np.ndarray]) -> None:
+    """Apply every edit, tag the pruned layers, re-infer the shapes."""
+    for edit in coupling.edits:
+        positions = edit.layout.positions(kept)
+        if positions is not None:
+            edit.apply(model, positions)
+    for node, layout in coupling.outputs:
+        positions = layout.positions(kept)
+        if positions is not None:
+            before = kept_channels(node)  # pruned before: record indices of the original
+            original = positions if before is None else before[positions]
+            fidelity.tag(node, KEPT_KEY, json.dumps(original.tolist()))
+    # Every intermediate shape annotation downstream of a pruned group is stale now.
+    model.invalidate()
+    model.analysis(analyses.shapes)
+
+
+def _producer_weights(group: ChannelGroup, coupling: Coupling) -> list[tuple[gs.Node, int]]:
+    """(producer, output axis of its weight) for each producer of `group`."""
+    axes = {id(e.node): e.axis for e in coupling.edits
+            if e.role == "producer" and isinstance(e, SliceInput) and e.index == 1}
+    return [(node, axes[id(node)]) for node in group.producers]
+
+
+def _weight_scores(node: gs.Node, axis: int, criterion: str) -> np.ndarray:
+    """Norm of each output-channel slice of the (BN-folded) weight."""
+    weight = np.moveaxis(np.asarray(node.inputs[1].values, np.float64), axis, 0)
+    flat = weight.reshape(weight.shape[0], -1)
+    norms = np.abs(flat).sum(1) if criterion == "l1" else np.sqrt((flat * flat).sum(1))
+    readers = consumers(node.outputs[0])
+    if len(readers) == 1 and readers[0].op == "BatchNormalization":
+        norms = norms * np.abs(_bn_scale(readers[0]))
+    return norms
+
+
+def _bn_scale(node: gs.Node) -> np.ndarray:
+    """``γ / √(σ² + ε)`` of an inference BatchNormalization."""
+    gamma, var = (np.asarray(node.inputs[i].values, np.float64) for i in (1, 4))
+    return gamma / np.sqrt(var + float(node.attrs.get("epsilon", 1e-5)))
+
+
+def _gamma_scores(group: ChannelGroup, coupling: Coupling):
+    """``|γ_k|`` of every BatchNormalization the group passes through, per occurrence."""
+    for edit in coupling.edits:
+        if (edit.node.op == "BatchNormalization" and isinstance(edit, SliceInput)
+                and edit.index == 1 and any(edit.node is n for n in group.through)):
+            gamma = np.abs(np.asarray(edit.node.inputs[1].values, np.float64))
+            for offset, stride in edit.layout.index_maps(group.spaces):
+                yield gamma[offset + stride * np.arange(group.channels)]
+
+
+__all__ = ["PruneChannels", "kept_channels"]

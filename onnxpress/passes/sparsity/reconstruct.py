@@ -1,0 +1,511 @@
+"""Least-squares reconstruction of linear layers from the teacher's activations (reconstruct).
+
+After pruning (or any lossy pass), a Conv, Gemm or MatMul sees different inputs than in the
+original model, the teacher (``ctx.reference``). This pass refits each such layer's weight and
+bias so that, on the calibration data, its output matches the teacher's output at the same
+tensor (found by name; pruning keeps names), without retraining (He et al., 2017; ThiNet).
+
+Normal equations. Let ``X`` be the layer's inputs in the *pruned* model, laid out as rows,
+with a column of ones for the bias, ``Y`` the teacher's outputs at the same rows (restricted
+to the channels the layer still has, from the ``onnxpress.kept_channels`` tag
+prune-channels leaves), and ``W₀`` the current weights. The pass solves
+
+    W' = argmin ‖X W − Y‖² + λ ‖W − W₀‖²   ⇔   (XᵀX + λI) W' = XᵀY + λ W₀
+
+with ``λ = ridge · mean(diag(XᵀX))`` (scale-free, as GPTQ's damping). The prior is ``W₀``
+rather than 0: a layer whose output already matches is a fixed point (``XᵀY = XᵀX W₀``), and
+directions the calibration data never excites (a channel that is always zero there) keep
+their original weights instead of collapsing to zero. ``XᵀX`` and ``XᵀY`` accumulate batch by
+batch in `Gram` observers, so memory is O(d² + d·o) per layer, never O(dataset).
+
+Rows. For a Gemm or MatMul, one row per sample (and per sequence position): ``X = A`` with
+``W = αB`` (transposed for ``transB``) and bias ``βC``. A MatMul has no bias column. For a Conv,
+im2col: every output position is a row holding its receptive field, unfolded with numpy
+stride tricks after padding (pads, strides, dilations, auto_pad). A grouped Conv splits
+into ``group`` independent problems — ``X_g`` holds the ``C/g·Πk`` inputs of group ``g`` and
+``W_g`` its ``Cout/g`` filters — so a depthwise Conv is ``C`` problems of ``Πk + 1`` unknowns.
+
+Order. Layers are refitted sequentially, as in AdaRound and GPTQ: each wave holds the layers
+with no un-refitted layer upstream, and its inputs are re-collected from the model with every
+earlier wave already refitted, so later layers also correct the error left upstream. Each
+wave runs one probe: the student and the teacher (its tensors prefixed) side by side in one
+onnxruntime session fed the same batch, so ``X`` and ``Y`` always pair row for row.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import networkx as nx
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from numpy.lib.stride_tricks import sliding_window_view
+
+from onnxpress.errors import DataError, PassError, PreconditionError
+from onnxpress.ir import analyses
+from onnxpress.ir.model import Model
+from onnxpress.passes.base import Context, Pass, PassResult
+from onnxpress.passes.calibrate.observers import Gram
+from onnxpress.passes.sparsity.channels import kept_channels
+from onnxpress.passes.sparsity.coupling import node_label, set_constant
+from onnxpress.runtime.collect import collect
+
+#: Prefix of the teacher's tensor names inside the paired probe.
+TEACHER_PREFIX = "onnxpress.teacher/"
+
+
+@dataclass(frozen=True)
+class Reconstruct(Pass):
+    """Refit Conv/Gemm/MatMul weights so their outputs match the teacher's (ridge LS).
+
+    Attributes:
+        ridge: Damping relative to the mean diagonal of ``XᵀX``, pulling towards the
+            current weights; ≥ 0.
+        batch_size: Samples per inference batch; does not change the result beyond rounding.
+    """
+
+    name: ClassVar[str] = "reconstruct"
+    exact: ClassVar[bool] = False
+
+    ridge: float = 1e-3
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        """Validate the options now."""
+        if not self.ridge >= 0:
+            raise PassError(f"reconstruct: ridge must be ≥ 0, not {self.ridge}")
+        if self.batch_size < 1:
+            raise PassError(f"reconstruct: batch_size must be positive, not {self.batch_size}")
+
+    def requires(self, model: Model, ctx: Context) -> None:
+        """Needs calibration inputs and the teacher."""
+        if ctx.data is None:
+            raise PreconditionError("reconstruct needs calibration data: pass data=... / "
+                                    "--data FILE")
+        if ctx.reference is None:
+            raise PreconditionError("reconstruct needs the original model as the teacher "
+                                    "(ctx.reference; optimize() sets it)")
+
+    def run(self, model: Model, ctx: Context) -> PassResult:
+        """Refit every eligible layer, wave by wave in topological order."""
+        teacher_shapes = ctx.reference.analysis(analyses.shapes)
+        layers, skipped = [], {}
+        for node in model.graph.nodes:
+            if node.op in _KINDS:
+                found = _KINDS[node.op].make(node, teacher_shapes)
+                if isinstance(found, str):
+                    skipped[node_label(node)] = found
+                else:
+                    layers.append(found)
+        stats = {"layers": 0, "skipped": skipped, "error": {}, "waves": 0}
+        if not layers:
+            stats["reason"] = "no Conv/Gemm/MatMul whose output the teacher also has"
+            return PassResult(False, stats)
+        teacher = _prefixed(ctx.reference, model)
+        for wave in _waves(model, layers):
+            samples = self._collect(model, teacher, wave, ctx, stats["waves"])
+            if stats["waves"] and samples != stats["samples"]:
+                raise DataError(_reread(f"{ctx.data.origin}: {stats['samples']} samples on "
+                                        f"the first wave, {samples} now", stats["waves"]))
+            for layer in wave:
+                stats["error"][node_label(layer.node)] = layer.refit(model, self.ridge)
+            stats["waves"] += 1
+            stats["samples"] = samples
+        stats["layers"] = len(stats["error"])
+        return PassResult(True, stats)
+
+    def _collect(self, model: Model, teacher: onnx.GraphProto, wave: list[_Layer],
+                 ctx: Context, done: int) -> int:
+        """Stream one pass over the data into the wave's Grams; return the samples read."""
+        pairs = _Pairs(wave)
+        try:
+            return collect(_paired(model, teacher), pairs.names, ctx.data, pairs.observers,
+                           target=ctx.target, batch_size=self.batch_size,
+                           progress=ctx.progress).samples
+        except DataError as e:
+            if not done:
+                raise
+            raise DataError(_reread(str(e), done)) from None
+
+
+def _reread(problem: str, done: int) -> str:
+    """`problem` with the advice for data that cannot be read once per wave."""
+    return (f"{problem} (wave {done + 1} of layers: reconstruct reads the data once per wave, "
+            "so a one-shot iterator cannot feed it: give arrays, a file or a callable "
+            "returning a fresh iterable)")
+
+
+# --------------------------------------------------------------------------------------------
+# Layers
+class _Layer:
+    """One layer to refit: how its inputs become rows and its solution becomes weights.
+
+    Attributes:
+        node: The layer.
+        target: Name of the teacher tensor its output must match.
+        channels: Teacher channels the layer still has (None: all of them, in order).
+        problems: Independent least-squares problems (``group`` for Conv, else 1).
+    """
+
+    #: Channel axis of the layer's output.
+    axis: ClassVar[int]
+
+    def __init__(self, node: gs.Node, channels: np.ndarray | None, problems: int = 1) -> None:
+        self.node = node
+        self.target = node.outputs[0].name
+        self.channels = channels
+        self.problems = problems
+        self.grams = [Gram(axis=-1, name=f"{node_label(node)}[{g}]") for g in range(problems)]
+        self.energy = 0.0
+
+    @classmethod
+    def make(cls, node: gs.Node, teacher_shapes: dict) -> _Layer | str:
+        """The layer, or why it cannot be refitted."""
+        weight = node.inputs[1] if len(node.inputs) > 1 else None
+        if not isinstance(weight, gs.Constant) or weight.values.dtype not in (np.float32,
+                                                                               np.float64):
+            return "the weight is not a float initializer"
+        if any(reader is not node for reader in weight.outputs):
+            return f"the weight '{weight.name}' is shared with another node"
+        found = teacher_shapes.get(node.outputs[0].name)
+        if found is None:
+            return (f"the teacher has no tensor '{node.outputs[0].name}' (a pass before "
+                    "renamed it)")
+        width, channels = cls.width(node), kept_channels(node)
+        teacher_width = found[1][cls.axis] if found[1] else None
+        if channels is not None and (channels.size != width or (
+                isinstance(teacher_width, int) and channels.max() >= teacher_width)):
+            return "its kept-channels tag does not fit its width"
+        if channels is None and isinstance(teacher_width, int) and teacher_width != width:
+            return (f"{width} output channels, the teacher's '{node.outputs[0].name}' has "
+                    f"{teacher_width}, and no kept-channels tag maps them")
+        return cls.check(node) or cls(node, channels, cls.problems_of(node))
+
+    @staticmethod
+    def width(node: gs.Node) -> int:
+        """Output channels of the layer."""
+        raise NotImplementedError
+
+    @staticmethod
+    def check(node: gs.Node) -> str | None:
+        """Why this layer's attributes rule it out, or None."""
+        return None
+
+    @staticmethod
+    def problems_of(node: gs.Node) -> int:
+        """Independent least-squares problems the layer splits into."""
+        return 1
+
+    def design(self, x: np.ndarray) -> list[np.ndarray]:
+        """Rows of each problem (bias column included) for a batch of inputs."""
+        raise NotImplementedError
+
+    def initial(self) -> list[np.ndarray]:
+        """``W₀`` of each problem, ``[d, o]`` with the bias as the last row."""
+        raise NotImplementedError
+
+    def store(self, model: Model, solutions: list[np.ndarray]) -> None:
+        """Write the solved ``[d, o]`` matrices back as weight and bias."""
+        raise NotImplementedError
+
+    def accumulate(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Fold one batch of student inputs and teacher outputs into the Grams."""
+        if self.channels is not None:
+            y = np.take(y, self.channels, axis=self.axis)
+        y = np.moveaxis(y, self.axis, -1)
+        y = y.reshape(-1, y.shape[-1])
+        per = y.shape[1] // self.problems
+        for g, (gram, rows) in enumerate(zip(self.grams, self.design(x), strict=True)):
+            gram.update(rows, y[:, g * per:(g + 1) * per])
+        self.energy += float(np.square(y, dtype=np.float64).sum())
+
+    def refit(self, model: Model, ridge: float) -> list[float]:
+        """Solve the normal equations, store the weights; relative error before and after,
+        ``‖XW − Y‖ / ‖Y‖`` on the calibration rows."""
+        solutions, before, after = [], 0.0, 0.0
+        for gram, w0 in zip(self.grams, self.initial(), strict=True):
+            xtx, xty = gram.xtx, gram.xty
+            damping = ridge * float(np.mean(np.diag(xtx)))
+            try:
+                w = np.linalg.solve(xtx + damping * np.eye(len(xtx)), xty + damping * w0)
+            except np.linalg.LinAlgError:  # singular without damping (ridge=0, dead inputs)
+                w = np.linalg.lstsq(xtx, xty, rcond=None)[0]
+            before += _residual(xtx, xty, w0)
+            after += _residual(xtx, xty, w)
+            solutions.append(w)
+        self.store(model, solutions)
+        energy = max(self.energy, np.finfo(np.float64).tiny)
+        return [round(math.sqrt(max(energy + e, 0.0) / energy), 6) for e in (before, after)]
+
+
+def _residual(xtx: np.ndarray, xty: np.ndarray, w: np.ndarray) -> float:
+    """``‖XW − Y‖² − ‖Y‖²`` from the Grams: ``tr(WᵀXᵀXW) − 2·tr(WᵀXᵀY)``."""
+    return float(np.sum(w * (xtx @ w)) - 2 * np.sum(w * xty))
+
+
+def _with_ones(rows: np.ndarray) -> np.ndarray:
+    return np.concatenate([rows, np.ones((rows.shape[0], 1), rows.dtype)], axis=1)
+
+
+def _bias_values(node: gs.Node, width: int) -> np.ndarray:
+    """The bias (input 2) broadcast to `width`, zeros if absent."""
+    if len(node.inputs) > 2 and not node.inputs[2].is_empty():
+        return np.broadcast_to(np.asarray(node.inputs[2].values, np.float64).reshape(-1),
+                               (width,)).copy()
+    return np.zeros(width)
+
+
+def _store_bias(model: Model, node: gs.Node, values: np.ndarray, dtype: np.dtype) -> None:
+    """Write the bias as input 2 (kept shape if it had one of `values`' size, else ``[N]``)."""
+    if len(node.inputs) > 2 and not node.inputs[2].is_empty():
+        old = node.inputs[2].values
+        shape = old.shape if old.size == values.size else values.shape
+        set_constant(model, node, 2, values.reshape(shape).astype(dtype))
+    else:
+        name = node.inputs[1].name.removesuffix("weight") + "bias"
+        node.inputs.append(model.constant(name, values.astype(dtype)))
+
+
+class _Conv(_Layer):
+    """Conv: im2col rows, one problem per group."""
+
+    axis = 1
+
+    @staticmethod
+    def width(node):
+        return node.inputs[1].values.shape[0]
+
+    @staticmethod
+    def check(node):
+        if len(node.inputs) > 2 and not node.inputs[2].is_empty() and not isinstance(
+                node.inputs[2], gs.Constant):
+            return "the bias is not constant"
+        return None
+
+    @staticmethod
+    def problems_of(node):
+        return int(node.attrs.get("group", 1))
+
+    def design(self, x):
+        weight = self.node.inputs[1].values
+        kernel = weight.shape[2:]
+        patches = _patches(np.asarray(x), kernel, self.node.attrs)  # [rows, C, Πk]
+        per = weight.shape[1]
+        return [_with_ones(patches[:, g * per:(g + 1) * per].reshape(patches.shape[0], -1))
+                for g in range(self.problems)]
+
+    def initial(self):
+        weight = np.asarray(self.node.inputs[1].values, np.float64)
+        bias = _bias_values(self.node, weight.shape[0])
+        per = weight.shape[0] // self.problems
+        return [np.vstack([weight[g * per:(g + 1) * per].reshape(per, -1).T,
+                           bias[None, g * per:(g + 1) * per]]) for g in range(self.problems)]
+
+    def store(self, model, solutions):
+        weight = self.node.inputs[1].values
+        stacked = np.concatenate(solutions, axis=1)  # [d + 1, Cout]
+        set_constant(model, self.node, 1,
+                     stacked[:-1].T.reshape(weight.shape).astype(weight.dtype))
+        _store_bias(model, self.node, stacked[-1], weight.dtype)
+
+
+def _conv_pads(attrs: dict, spatial: Sequence[int], extents: Sequence[int]) -> list[int]:
+    """Begin pads then end pads, from ``pads`` or ``auto_pad``."""
+    auto = attrs.get("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    n = len(spatial)
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        strides = attrs.get("strides", [1] * n)
+        total = [max((-(-s // st) - 1) * st + e - s, 0)
+                 for s, st, e in zip(spatial, strides, extents, strict=True)]
+        small = [t // 2 for t in total]
+        big = [t - t // 2 for t in total]
+        return small + big if auto == "SAME_UPPER" else big + small
+    if auto == "VALID":
+        return [0] * (2 * n)
+    return list(attrs.get("pads", [0] * (2 * n)))
+
+
+def _patches(x: np.ndarray, kernel: Sequence[int], attrs: dict) -> np.ndarray:
+    """im2col: ``[rows = N·Πout, C, Πk]``, rows in (n, output position) order.
+
+    The padded input's sliding windows of the dilated kernel extent, taken every `stride`
+    positions and every `dilation` inside the window, are the receptive fields.
+    """
+    n = len(kernel)
+    strides = list(attrs.get("strides", [1] * n))
+    dilations = list(attrs.get("dilations", [1] * n))
+    extents = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
+    pads = _conv_pads(attrs, x.shape[2:], extents)
+    padded = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + n]) for i in range(n)])
+    windows = sliding_window_view(padded, extents, axis=tuple(range(2, 2 + n)))
+    windows = windows[(slice(None), slice(None))
+                      + tuple(slice(None, None, s) for s in strides)
+                      + tuple(slice(None, None, d) for d in dilations)]  # [N, C, *out, *k]
+    windows = np.moveaxis(windows, 1, 1 + n)  # [N, *out, C, *k]
+    return windows.reshape(-1, x.shape[1], math.prod(kernel))
+
+
+class _Gemm(_Layer):
+    """Gemm ``αAB + βC``: rows are samples; solves for ``αB`` and ``βC``."""
+
+    axis = 1
+
+    @staticmethod
+    def width(node):
+        weight = node.inputs[1].values
+        return weight.shape[0 if node.attrs.get("transB", 0) else 1]
+
+    @staticmethod
+    def check(node):
+        if node.attrs.get("transA", 0):
+            return "transA is set"
+        if float(node.attrs.get("alpha", 1.0)) == 0:
+            return "alpha is 0"
+        bias = node.inputs[2] if len(node.inputs) > 2 else None
+        if bias is not None and not bias.is_empty():
+            if not isinstance(bias, gs.Constant):
+                return "the bias C is not constant"
+            if bias.values.size not in (1, _Gemm.width(node)):
+                return f"the bias C has shape {bias.values.shape}: it varies by row"
+        return None
+
+    @property
+    def biased(self) -> bool:
+        return float(self.node.attrs.get("beta", 1.0)) != 0
+
+    def _effective(self) -> np.ndarray:
+        weight = np.asarray(self.node.inputs[1].values, np.float64)
+        weight = weight.T if self.node.attrs.get("transB", 0) else weight
+        return float(self.node.attrs.get("alpha", 1.0)) * weight
+
+    def design(self, x):
+        rows = np.asarray(x).reshape(x.shape[0], -1)
+        return [_with_ones(rows) if self.biased else rows]
+
+    def initial(self):
+        weight = self._effective()
+        if not self.biased:
+            return [weight]
+        bias = float(self.node.attrs.get("beta", 1.0)) * _bias_values(self.node,
+                                                                      weight.shape[1])
+        return [np.vstack([weight, bias[None]])]
+
+    def store(self, model, solutions):
+        (w,) = solutions
+        weight = self.node.inputs[1].values
+        if self.biased:
+            _store_bias(model, self.node, w[-1] / float(self.node.attrs.get("beta", 1.0)),
+                        weight.dtype)
+            w = w[:-1]
+        w = w / float(self.node.attrs.get("alpha", 1.0))
+        set_constant(model, self.node, 1,
+                     (w.T if self.node.attrs.get("transB", 0) else w).astype(weight.dtype))
+
+
+class _MatMul(_Layer):
+    """MatMul ``A·W`` with a constant 2-D ``W``: rows are samples × positions, no bias."""
+
+    axis = -1
+
+    @staticmethod
+    def width(node):
+        return node.inputs[1].values.shape[-1]
+
+    @staticmethod
+    def check(node):
+        return None if node.inputs[1].values.ndim == 2 else "the weight is not 2-D"
+
+    def design(self, x):
+        return [np.asarray(x).reshape(-1, x.shape[-1])]
+
+    def initial(self):
+        return [np.asarray(self.node.inputs[1].values, np.float64)]
+
+    def store(self, model, solutions):
+        weight = self.node.inputs[1].values
+        set_constant(model, self.node, 1, solutions[0].astype(weight.dtype))
+
+
+_KINDS: dict[str, type[_Layer]] = {"Conv": _Conv, "Gemm": _Gemm, "MatMul": _MatMul}
+
+
+# --------------------------------------------------------------------------------------------
+# Collection
+class _Pairs:
+    """Observers for one wave: per batch, wait for every tensor, then feed each layer.
+
+    `collect` hands each observed tensor to its own observer; a layer needs two at once (its
+    student input and its teacher output), and layers may share an input, so the observers
+    only park their batch here and the last arrival of a batch feeds every layer.
+    """
+
+    def __init__(self, layers: Sequence[_Layer]) -> None:
+        self.layers = list(layers)
+        names = [n for layer in layers
+                 for n in (layer.node.inputs[0].name, TEACHER_PREFIX + layer.target)]
+        self.names = list(dict.fromkeys(names))
+        self.observers = {name: _Parked(self, name) for name in self.names}
+        self.batch: dict[str, np.ndarray] = {}
+
+    def park(self, name: str, value: np.ndarray) -> None:
+        self.batch[name] = value
+        if len(self.batch) == len(self.names):
+            for layer in self.layers:
+                layer.accumulate(self.batch[layer.node.inputs[0].name],
+                                 self.batch[TEACHER_PREFIX + layer.target])
+            self.batch.clear()  # the batch must not outlive its step
+
+
+class _Parked:
+    """The observer `collect` sees for one tensor of a `_Pairs`."""
+
+    def __init__(self, pairs: _Pairs, name: str) -> None:
+        self.pairs, self.name = pairs, name
+
+    def update(self, batch: np.ndarray) -> None:
+        self.pairs.park(self.name, batch)
+
+
+def _waves(model: Model, layers: list[_Layer]) -> list[list[_Layer]]:
+    """Layers in waves: each wave's layers have no layer of a later wave upstream."""
+    view = analyses.nx_view(model)
+    position = {id(n): i for i, n in enumerate(model.graph.nodes)}
+    upstream = {id(layer): nx.ancestors(view, position[id(layer.node)]) for layer in layers}
+    pending, waves = list(layers), []
+    while pending:
+        waiting = {position[id(layer.node)] for layer in pending}
+        wave = [layer for layer in pending if not upstream[id(layer)] & waiting]
+        waves.append(wave)
+        pending = [layer for layer in pending if layer not in wave]
+    return waves
+
+
+def _prefixed(teacher: Model, student: Model) -> onnx.GraphProto:
+    """The teacher's graph with every name but its inputs prefixed by `TEACHER_PREFIX`.
+
+    Raises:
+        PassError: the teacher reads an input the student does not have.
+    """
+    graph = teacher.to_onnx().graph
+    missing = {i.name for i in graph.input} - {t.name for t in student.graph.inputs}
+    if missing:
+        raise PassError(f"the teacher reads inputs {sorted(missing)} the model does not have; "
+                        "reconstruct compares two models with the same inputs")
+    return onnx.compose.add_prefix_graph(graph, TEACHER_PREFIX, rename_inputs=False)
+
+
+def _paired(student: Model, teacher: onnx.GraphProto) -> Model:
+    """One model computing the student and the prefixed teacher from the same inputs."""
+    proto = student.to_onnx()
+    proto.graph.node.extend(teacher.node)
+    proto.graph.initializer.extend(teacher.initializer)
+    proto.graph.sparse_initializer.extend(teacher.sparse_initializer)
+    return Model.from_onnx(proto)
+
+
+__all__ = ["Reconstruct"]
