@@ -133,6 +133,12 @@ class Target:
     #: Ops that stay float whatever the table says (numerically fragile in transformers).
     float_ops: frozenset = frozenset({"LayerNormalization", "Softmax"})
 
+    @property
+    def onnxruntime_kernels(self) -> bool:
+        """Whether onnxruntime's own kernels run the graph (so its contrib ops are fine);
+        TensorRT compiles the graph itself and leaves contrib ops to a slower fallback."""
+        return self.providers[0] != "TensorrtExecutionProvider"
+
     def check_available(self) -> None:
         """Raise `TargetError` naming the package to install if the provider is missing."""
         import onnxruntime as ort

@@ -118,12 +118,13 @@ class FuseGelu(Pass):
 
     Attributes:
         contrib: Below opset 20, emit the com.microsoft ops. False leaves such models unfused
-            (for runtimes other than onnxruntime) and reports why.
+            and reports why. None (default): only when the target runs onnxruntime's own
+            kernels (cpu, cuda) — TensorRT would run the contrib op outside its engine.
     """
 
     name: ClassVar[str] = "fuse-gelu"
     gauges: ClassVar[frozenset[str]] = frozenset({"candidates"})
-    contrib: bool = True
+    contrib: bool | None = None
 
     def run(self, model: Model, ctx: Context) -> PassResult:
         """Fuse every match.
@@ -134,13 +135,15 @@ class FuseGelu(Pass):
         """
         model.analysis(analyses.shapes)
         rules = [*ErfGelu.family(ERF_ARGUMENT, OUTER), *TanhGelu.family(CUBE, OUTER)]
-        if model.opset < GELU_OPSET and not self.contrib:
+        contrib = ctx.target.onnxruntime_kernels if self.contrib is None else self.contrib
+        if model.opset < GELU_OPSET and not contrib:
             found = candidates(model, rules)
             if found:
                 return PassResult(False, {
                     "fused": 0, "candidates": found,
                     "reason": f"opset {model.opset} has no Gelu (added in {GELU_OPSET}) and "
-                              "contrib=False forbids onnxruntime's com.microsoft Gelu"})
+                              f"onnxruntime's com.microsoft Gelu is not used for target "
+                              f"'{ctx.target.name}' (contrib={self.contrib})"})
             return PassResult(False, {"fused": 0})
         result = apply_rules(model, rules)
         return PassResult(result.changed, summarize(result, rules))

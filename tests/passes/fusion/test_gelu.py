@@ -226,3 +226,10 @@ def test_torch_transformer(file, layernorm_stats, gelu_rule):
     assert counts["ReduceMean"] == counts["Erf"] == counts["Sqrt"] == 0
     assert_same_outputs(reference, model, transformer_feeds(), rtol=1e-4, atol=1e-4)
     assert not fuse(model).changed  # idempotent
+
+
+def test_tensorrt_target_gets_no_contrib_gelu_below_opset_20():
+    model = make_model(gelu_text(opset=13), **constants())
+    result = FuseGelu().run(model, Context(target=get_target("tensorrt")))
+    assert not result.changed and "not used for target 'tensorrt'" in result.stats["reason"]
+    assert "com.microsoft" not in model.opsets
