@@ -4,12 +4,11 @@ Two halves: the counter itself on hand-built graphs whose fate in onnxruntime is
 the end-to-end claim — after fuse + calibrate + quantize-static, onnxruntime's CPU provider
 fuses every unit of the CNN zoo graphs and of the digits model.
 
-The CNN zoo graphs end in a float op fed by a DequantizeLinear (Relu / Concat writing the graph
-output). onnxruntime's selectors refuse a unit whose target node or whose Relu writes a graph
-output (``NodeGroupSelector::CheckQDQNodes`` / ``GetQDQSelection`` in
+The CNN zoo graphs end in a unit that writes the graph output (a Relu or a Concat).
+onnxruntime's selectors refuse a unit whose own node writes a graph output
+(``NodeGroupSelector::CheckQDQNodes`` in
 ``onnxruntime/core/optimizer/qdq_transformer/selectors_actions/qdq_selectors.cc``), so
-quantize-static skips those units and the tail runs as DQ → float op: those tests are strict
-xfails naming the bug (see the reason) rather than weaker assertions.
+quantize-static ends such a unit with Q → DQ and lets the DequantizeLinear write the output.
 """
 
 from __future__ import annotations
@@ -32,21 +31,8 @@ from onnxpress.recipes import RECIPES
 from onnxpress.runtime.data import DataSource
 from onnxpress.runtime.fusion import FusionReport, fusion_report
 
-GRAPH_OUTPUT_TAIL = pytest.mark.xfail(strict=True, reason=(
-    "BUG quantize-static leaves the unit that writes a graph output unquantized (R-A1 read as "
-    "'skip it'), so the last Relu / Concat runs in float on a DequantizeLinear (and for a final "
-    "Conv→Relu the Q lands between Conv and Relu). onnxruntime only refuses a unit whose own "
-    "node writes the graph output; Conv→Relu→Q→DQ→output and Concat→Q→DQ→output fuse (measured "
-    "100% on all four graphs by moving the graph output behind a Q/DQ pair). Fix: for an "
-    "'always' unit (and a folded Relu) whose output is a graph output, insert Q→DQ after it "
-    "and let the DQ write the graph-output tensor (rename the node's output), so the interface "
-    "keeps its name; the extra cost is one rounding of that output."))
 
-CNN_ZOO = [pytest.param("conv_bn_relu", marks=GRAPH_OUTPUT_TAIL),
-           pytest.param("residual_add", marks=GRAPH_OUTPUT_TAIL),
-           pytest.param("depthwise_conv", marks=GRAPH_OUTPUT_TAIL),
-           "gemm",
-           pytest.param("concat", marks=GRAPH_OUTPUT_TAIL)]
+CNN_ZOO = ["conv_bn_relu", "residual_add", "depthwise_conv", "gemm", "concat"]
 
 
 @functools.cache

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxpress.ir.edit import consumers, insert_after, insert_before, producer
+from onnxpress.ir.edit import consumers, insert_after, insert_before, is_graph_output, producer
 from onnxpress.ir.model import Model
 
 #: Smallest scale we emit: a zero scale is invalid for onnxruntime and TensorRT.
@@ -134,9 +134,15 @@ def dequantized_constant(model: Model, reader: gs.Node, index: int, p: QParams,
 def quantize_activation(model: Model, tensor: gs.Variable, p: QParams,
                         readers: list[gs.Node] | None = None) -> gs.Variable:
     """Insert QuantizeLinear → DequantizeLinear on `tensor`; `readers` (default: all) read the
-    dequantized tensor. Returns the DequantizeLinear output."""
+    dequantized tensor. Returns the DequantizeLinear output.
+
+    With all readers switched, a graph output is moved too: the DequantizeLinear output takes
+    its name, so the producer's only edge goes to the Q (what onnxruntime needs to fuse it)
+    and the model's interface is unchanged.
+    """
     hint = tensor.name
-    readers = consumers(tensor) if readers is None else readers  # before Q becomes a reader
+    every = readers is None
+    readers = consumers(tensor) if every else readers  # before Q becomes a reader
     scale = model.constant(f"{hint}_scale", p.scale)
     zero = model.constant(f"{hint}_zp", p.zero_point)
     quantized = model.variable(f"{hint}_q", dtype=p.dtype, shape=tensor.shape)
@@ -147,6 +153,11 @@ def quantize_activation(model: Model, tensor: gs.Variable, p: QParams,
         for i, t in enumerate(reader.inputs):
             if t is tensor:
                 reader.inputs[i] = out
+    if every and is_graph_output(model.graph, tensor):
+        name = tensor.name
+        tensor.name = model.fresh_name(f"{name}_float")
+        out.name = name
+        model.graph.outputs[:] = [out if t is tensor else t for t in model.graph.outputs]
     source = producer(tensor)
     if source is not None:
         insert_after(model.graph, source, [q, dq])

@@ -4,9 +4,11 @@ Given activation ranges from `calibrate`, the pass
 
 1. selects the nodes to quantize from the target's op table (`onnxpress.targets.QRule`),
    the user's `op_types` / `exclude`, and these rules:
-   - a weighted op needs a constant float weight (an activation×activation MatMul stays float);
-   - an op whose unit needs an output Q is skipped when its output is a graph output
-     (onnxruntime never fuses such a unit, R-A1);
+   - a weighted op needs a constant float weight (an activation×activation MatMul stays float),
+     and every quantized input must be float (int64 shape arithmetic stays as it is);
+   - a unit whose output is a graph output still gets its output Q: the DequantizeLinear
+     then writes the graph output (onnxruntime refuses only a unit whose own node writes a
+     graph output, R-A1 — measured 100% fused this way);
    - in a transformer graph (one with LayerNormalization / Softmax, fused or decomposed) only
      MatMul / Gemm with constant weights are quantized, without output Q (onnxruntime runs them
      as MatMulIntegerToFloat / QGemm). Residual Adds, LayerNorm and Softmax inputs, attention
@@ -20,6 +22,7 @@ Given activation ranges from `calibrate`, the pass
      to fuse (R-A2);
    - weights symmetric int8, per channel on the output-channel axis (Conv 0, ConvTranspose 1,
      Gemm 1 or 0 by transB, MatMul 1), stored as int8 initializers + DequantizeLinear;
+     per tensor below opset 13, where DequantizeLinear has no `axis`;
    - a Conv / Gemm bias on cpu as int32 with scale s_x·s_w and zero point 0;
 3. inserts the Q/DQ nodes (`quantize/qdq.py`) and sweeps the float weights left unread.
 
@@ -37,6 +40,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxpress.errors import PreconditionError
+from onnxpress.ir import analyses
 from onnxpress.ir.edit import consumers, dead_code, is_graph_output, toposort
 from onnxpress.ir.model import Model
 from onnxpress.passes.base import Context, Pass, PassResult
@@ -129,19 +133,26 @@ class QuantizeStatic(Pass):
                      else self.symmetric_activations)
         planner = _Planner(model, ctx.calibration, dtype, symmetric)
         chosen = {id(n) for n in selected}
-        weights = 0
+        # Plan every activation (every range lookup) before the first edit, so a missing
+        # range fails with the model untouched.
+        plans = []
         for node in selected:
             rule = rules[node.op]
-            inputs = planner.inputs(node, rule)
-            if rule.weight is not None:
-                weights += self._quantize_weight(model, node, rule, inputs, ctx)
+            plans.append((node, rule, planner.inputs(node, rule)))
             planner.output(node, rule, chosen, transformer)
+        # DequantizeLinear's `axis` (per-channel) exists from opset 13 on.
+        per_channel = self.per_channel and model.opset >= 13
+        weights = 0
+        for node, rule, inputs in plans:
+            if rule.weight is not None:
+                weights += self._quantize_weight(model, node, rule, inputs, per_channel)
         for entry in planner.planned.values():
             quantize_activation(model, entry.tensor, entry.params, entry.readers)
         dead_code(model.graph)
         toposort(model.graph)
         stats = {"nodes": len(selected), "activations": len(planner.planned), "weights": weights,
-                 "transformer": transformer, "activation_dtype": dtype.name}
+                 "transformer": transformer, "activation_dtype": dtype.name,
+                 "per_channel": per_channel}
         for node in selected:
             stats[node.op] = stats.get(node.op, 0) + 1
         return stats
@@ -154,6 +165,7 @@ class QuantizeStatic(Pass):
     def select(self, model: Model, rules, transformer: bool) -> list[gs.Node]:
         """The nodes this pass would quantize, in graph order (rules 1 of the module doc)."""
         graph = model.graph
+        model.analysis(analyses.shapes)  # element types: shape arithmetic on int64 stays
         for pattern in self.exclude:
             if not any(fnmatch.fnmatchcase(n.name, pattern) or n.op == pattern
                        for n in graph.nodes):
@@ -170,25 +182,31 @@ class QuantizeStatic(Pass):
                 continue
             if rule.weight is not None and not _float_constant(node, rule.weight):
                 continue
-            if rule.output in ("always", "same-as-input") and any(
-                    is_graph_output(graph, t) for t in node.outputs):
+            if not all(_float(node.inputs[i]) for i in rule.inputs(node)):
                 continue
             selected.append(node)
         return selected
 
     def _quantize_weight(self, model: Model, node: gs.Node, rule: QRule,
-                         activation: list[QParams], ctx: Context) -> int:
+                         activation: list[QParams], per_channel: bool) -> int:
         values = np.asarray(node.inputs[rule.weight].values)
-        axis = rule.axis(node) if self.per_channel else None
+        axis = rule.axis(node) if per_channel else None
         p = weight_qparams(values, axis)
         dequantized_constant(model, node, rule.weight, p, values)
         if rule.bias is not None and len(node.inputs) > rule.bias and _float_constant(
                 node, rule.bias) and activation and float(node.attrs.get("beta", 1.0)) == 1.0:
             bias = np.asarray(node.inputs[rule.bias].values, np.float64)
+            if bias.ndim > 1 and bias.size == bias.shape[-1]:
+                bias = bias.reshape(-1)  # Gemm's [1, N] bias broadcasts like [N]
             scale = (activation[0].scale.astype(np.float64) * p.scale).astype(np.float32)
             bias_p = QParams(scale, np.zeros(scale.shape, np.int32), 0 if scale.ndim else None)
             dequantized_constant(model, node, rule.bias, bias_p, bias)
         return 1
+
+
+def _float(tensor: gs.Tensor) -> bool:
+    """A float activation, or one whose type inference could not tell (after contrib ops)."""
+    return tensor.dtype is None or np.issubdtype(np.dtype(tensor.dtype), np.floating)
 
 
 def _float_constant(node: gs.Node, index: int) -> bool:
@@ -264,11 +282,13 @@ class _Planner:
         self.tensor(target)
 
     def _after_activation(self, out: gs.Variable) -> gs.Variable:
-        """The Relu output when `out` is read only by a Relu (the Q goes after it), else out."""
-        graph = self.model.graph
+        """The Relu output when `out` is read only by a Relu (the Q goes after it), else out.
+
+        onnxruntime drops the Relu only when the Q's range already clips at 0, which holds for
+        asymmetric ranges (zero point at the bottom) but not symmetric ones.
+        """
         readers = consumers(out)
-        if (len(readers) == 1 and readers[0].op in ACTIVATION_FOLDS
-                and not is_graph_output(graph, out)
-                and not is_graph_output(graph, readers[0].outputs[0])):
+        if (not self.symmetric and len(readers) == 1 and readers[0].op in ACTIVATION_FOLDS
+                and not is_graph_output(self.model.graph, out)):
             return readers[0].outputs[0]
         return out

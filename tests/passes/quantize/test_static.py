@@ -5,7 +5,7 @@ Placement is checked on the graphs themselves against the rules of
 tensorrt TensorRT's explicit-quantization rules (R-B1..B5). Whether onnxruntime really fuses
 what we place is `tests/runtime/test_fusion.py`'s business.
 
-Known bugs are strict xfails whose reason names the bug and the fix (see the module's end).
+Bugs this suite found are kept at the module's end as regression tests.
 Models are quantized once per module (bytes cached) and reloaded fresh for each test.
 """
 
@@ -622,55 +622,31 @@ def test_the_input_model_is_never_changed():
 
 
 # ============================================================================================
-# Known bugs (strict xfails: they start failing — loudly — once fixed; then drop the mark)
-@pytest.mark.xfail(strict=True, raises=PreconditionError, reason=(
-    "BUG quantize-static selects data-movement ops (Unsqueeze, Concat, Reshape, Squeeze…) whose "
-    "inputs are int64 shape tensors (Shape→Gather→Unsqueeze→Concat→Reshape), then finds no "
-    "calibrated range for them: 'no range for tensor n'. Fix: in QuantizeStatic._select skip "
-    "a node unless its activation inputs are float (use analyses.shapes' elem types, or "
-    "require the tensor to be in ctx.calibration, which only holds float tensors)."))
+# Bugs found by this suite, fixed; kept as regression tests
 @pytest.mark.parametrize("name, options", [("dynamic_batch", {}), ("torch_cnn_opset21", {}),
                                            ("torch_transformer", {"transformer": "off"})])
-def test_bug_shape_arithmetic_on_int64_tensors_is_left_alone(name, options):
+def test_shape_arithmetic_on_int64_tensors_is_left_alone(name, options):
     model = _source(name)
     data = DataSource.from_feeds(feed_list(model, 4))
     q = ox.optimize(model, ["fuse", Calibrate(), QuantizeStatic(**options)], data=data)
     run(q, feeds(model))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG per-channel weights emit DequantizeLinear(axis=…) on opset < 13, where the attribute "
-    "does not exist: onnxruntime refuses the model ('Unrecognized attribute: axis'), and "
-    "structural verification does not catch it. Fix: on opset < 13 fall back to per-tensor "
-    "weights (and int32 bias per tensor), or raise PreconditionError asking to upgrade the "
-    "opset (onnx.version_converter) — ModelOpt requires opset ≥ 13 for int8."))
-def test_bug_opset12_model_quantizes_to_a_valid_model():
+def test_opset12_model_quantizes_to_a_valid_model():
     model = _source("torch_cnn_opset12")
     q = ox.optimize(model, ["fuse", Calibrate(), "quantize-static"],
                     data=DataSource.from_feeds(feed_list(model, 4)))
     run(q, feeds(model))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG a Gemm bias of shape [1, N] is quantized per channel with axis 0 (length 1) and a "
-    "scale of length N: quantize_array broadcasts it to [N, N] and onnxruntime fails with "
-    "'Gemm: Invalid bias shape for broadcast'. Fix: in QuantizeStatic._quantize_weight store "
-    "a [1, N] / [N] bias as 1-D [N] (Gemm broadcasts both alike) before quantizing, or keep a "
-    "bias that is not 1-D float."))
-def test_bug_gemm_with_a_2d_bias_quantizes():
+def test_gemm_with_a_2d_bias_quantizes():
     model = _gemm_model(bias_shape=(1, 4))
     data = DataSource.from_arrays({"x": np.ones((4, 8), np.float32)})
     q = ox.optimize(model, [Calibrate(), "quantize-static"], data=data)
     run(q, {"x": np.ones((2, 8), np.float32)})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG quantize-static quantizes weights (int8 + DQ) while it is still looking up activation "
-    "ranges: a table missing a late tensor raises after the first weights were already "
-    "rewritten, leaving the model half-quantized (12 DQ nodes on digits). optimize() hides it "
-    "by working on a copy, PassManager users do not. Fix: in QuantizeStatic.quantize plan every "
-    "activation's parameters (all _range lookups) before the first graph edit."))
-def test_bug_a_failing_quantize_static_leaves_the_model_unchanged():
+def test_a_failing_quantize_static_leaves_the_model_unchanged():
     model = fused("digits")
     ctx = Context(target=get_target("cpu"), data=demo.calibration_data())
     PassManager([Calibrate()]).run(model, ctx)
