@@ -40,9 +40,9 @@ from onnxpress.ir.io import load
 from onnxpress.ir.model import Model
 from onnxpress.ir.scopes import iter_graphs
 from onnxpress.passes.base import Context, Pass, resolve
-from onnxpress.passes.manager import PassRecord, Report
 from onnxpress.passes.calibrate import Calibrate
 from onnxpress.passes.calibrate.calibrate import METHODS
+from onnxpress.passes.manager import PassRecord, Report
 from onnxpress.passes.sparsity.coupling import describe_groups
 from onnxpress.recipes import RECIPE_TARGETS, RECIPES
 from onnxpress.runtime.bench import benchmark

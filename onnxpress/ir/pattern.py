@@ -40,9 +40,15 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxpress.ir.edit import (insert_before, is_graph_output, is_interface, producer, remove,
-                               replace_uses)
 from onnxpress.ir import fidelity
+from onnxpress.ir.edit import (
+    insert_before,
+    is_graph_output,
+    is_interface,
+    producer,
+    remove,
+    replace_uses,
+)
 from onnxpress.ir.model import Model
 from onnxpress.passes.base import PassResult
 

@@ -26,7 +26,7 @@ from onnxpress.passes.sparsity.semi_structured import Sparsify2to4
 __all__ = [
     "Calibrate", "Cleanup", "Context", "DumpAfterEach", "EliminateDeadCode", "EliminateIdentity",
     "FoldConstants", "Fuse", "FuseBatchNorm", "FuseGelu", "FuseGemm", "FuseLayerNorm", "FusePad",
-    "FuseTransposes", "LowRank", "MixedPrecision", "Pass", "PassManager", "PassRecord", "PassResult", "PruneChannels", "PruneMagnitude", "QuantizeDynamic", "QuantizeStatic",
-    "Reconstruct", "Report", "Sparsify2to4", "get",
-    "registered", "resolve",
+    "FuseTransposes", "LowRank", "MixedPrecision", "Pass", "PassManager", "PassRecord",
+    "PassResult", "PruneChannels", "PruneMagnitude", "QuantizeDynamic", "QuantizeStatic",
+    "Reconstruct", "Report", "Sparsify2to4", "get", "registered", "resolve",
 ]

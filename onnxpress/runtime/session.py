@@ -13,7 +13,6 @@ from onnxpress.ir.io import ModelLike, load
 from onnxpress.ir.model import Model
 from onnxpress.targets import Target, get_target
 
-
 LEVELS = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,

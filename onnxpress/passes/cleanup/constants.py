@@ -31,11 +31,10 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxpress.ir import analyses
-from onnxpress.ir.edit import (consumers, dead_code, is_graph_output, producer, remove,
-                               replace_uses)
+from onnxpress.ir.edit import consumers, dead_code, is_graph_output, producer, remove, replace_uses
 from onnxpress.ir.model import Model
-from onnxpress.ir.scopes import iter_graphs, subgraphs
 from onnxpress.ir.pattern import constant_node_value
+from onnxpress.ir.scopes import iter_graphs, subgraphs
 from onnxpress.passes.base import Context, Pass, PassResult
 
 NEVER_FOLD = frozenset({
