@@ -58,9 +58,8 @@ def tensors_to_calibrate(model: Model, target: Target) -> list[str]:
     """The float activations quantization may need, in node order.
 
     Every non-constant float (or untyped) input and output, graph inputs included, of the main
-    graph's
-    nodes whose op is in `QUANTIZABLE_OPS` or in the target's quantization table (so the
-    quantizer finds a range for every tensor it may wrap, data-movement ops included).
+    graph's nodes whose op is in `QUANTIZABLE_OPS` or in the target's quantization table (so
+    the quantizer finds a range for every tensor it may wrap, data-movement ops included).
 
     Args:
         model: The model; not modified (types come from shape inference on a copy).
