@@ -43,7 +43,7 @@ def optimize(model: ModelLike, passes: Sequence[Pass | str] = ("cleanup",), *, d
     working = load(model)
     ctx = Context(target=get_target(target),
                   data=as_data_source(data, working) if data is not None else None,
-                  reference=working.copy())
+                  reference_loader=lambda: load(model))
     if progress is not None:
         ctx.progress = progress
     working.report = PassManager(pipeline, verify=verify, instruments=instruments).run(working, ctx)

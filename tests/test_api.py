@@ -82,8 +82,8 @@ def test_reference_is_the_untouched_input():
     @dataclass(frozen=True)
     class Peek(ox.Pass):
         def run(self, model, ctx):
-            seen["reference"], seen["working"] = ctx.reference, model
-            seen["reference_nodes"] = len(ctx.reference)
+            seen["reference"], seen["working"] = ctx.teacher(), model
+            seen["reference_nodes"] = len(ctx.teacher())
             return ox.PassResult(False)
 
     Peek.name = "test-peek"  # not registered

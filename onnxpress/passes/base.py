@@ -48,7 +48,11 @@ class Context:
         target: The backend the model is compiled for.
         data: Sample inputs (calibration, reconstruction, numeric verification).
         calibration: Activation ranges, written by calibrate and read by the quantizers.
-        reference: The untouched input model: the teacher and the numeric reference.
+        reference: The untouched input model: the teacher and the numeric reference. Read it
+            with `teacher()`, which loads it on first use from `reference_loader`.
+        reference_loader: Builds `reference` when first needed (`optimize` re-loads the
+            user's input, which is never modified), so a pipeline that needs no teacher never
+            holds a second copy of a large model.
         progress: ``progress(description, total)`` returns an ``advance(n=1)`` callback; the
             CLI draws rich progress bars with it.
     """
@@ -58,6 +62,13 @@ class Context:
     calibration: Any = None
     reference: Model | None = None
     progress: Callable[..., Callable[[int], None]] = no_progress
+    reference_loader: Callable[[], Model] | None = None
+
+    def teacher(self) -> Model | None:
+        """The untouched input model (loaded once, on first use), or None if there is none."""
+        if self.reference is None and self.reference_loader is not None:
+            self.reference = self.reference_loader()
+        return self.reference
 
 
 class Pass:

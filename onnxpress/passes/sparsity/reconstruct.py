@@ -1,7 +1,7 @@
 """Least-squares reconstruction of linear layers from the teacher's activations (reconstruct).
 
 After pruning (or any lossy pass), a Conv, Gemm or MatMul sees different inputs than in the
-original model, the teacher (``ctx.reference``). This pass refits each such layer's weight and
+original model, the teacher (``ctx.teacher()``). This pass refits each such layer's weight and
 bias so that, on the calibration data, its output matches the teacher's output at the same
 tensor (found by name; pruning keeps names), without retraining (He et al., 2017; ThiNet).
 
@@ -86,13 +86,13 @@ class Reconstruct(Pass):
         if ctx.data is None:
             raise PreconditionError("reconstruct needs calibration data: pass data=... / "
                                     "--data FILE")
-        if ctx.reference is None:
+        if ctx.teacher() is None:
             raise PreconditionError("reconstruct needs the original model as the teacher "
-                                    "(ctx.reference; optimize() sets it)")
+                                    "(ctx.teacher(); optimize() provides it)")
 
     def run(self, model: Model, ctx: Context) -> PassResult:
         """Refit every eligible layer, wave by wave in topological order."""
-        teacher_shapes = ctx.reference.analysis(analyses.shapes)
+        teacher_shapes = ctx.teacher().analysis(analyses.shapes)
         layers, skipped = [], {}
         for node in model.graph.nodes:
             if node.op in _KINDS:
@@ -105,7 +105,7 @@ class Reconstruct(Pass):
         if not layers:
             stats["reason"] = "no Conv/Gemm/MatMul whose output the teacher also has"
             return PassResult(False, stats)
-        teacher = _prefixed(ctx.reference, model)
+        teacher = _prefixed(ctx.teacher(), model)
         for wave in _waves(model, layers):
             samples = self._collect(model, teacher, wave, ctx, stats["waves"])
             if stats["waves"] and samples != stats["samples"]:
