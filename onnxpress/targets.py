@@ -43,6 +43,8 @@ class QRule:
         weight_axis: Per-channel axis of the weight, or a function of the node giving it.
         bias: Index of a bias input stored as int32 (scale s_x * s_w), if the target wants it.
         output: How the output is treated (see `OutputRule`).
+        skip: A function of the node returning why the backend gains nothing from quantizing
+            it (the node then stays float), or None.
     """
 
     activations: tuple[int, ...] | Callable[[gs.Node], tuple[int, ...]] | None = (0,)
@@ -50,6 +52,7 @@ class QRule:
     weight_axis: int | Callable[[gs.Node], int] | None = None
     bias: int | None = None
     output: OutputRule = "always"
+    skip: Callable[[gs.Node], str | None] | None = None
 
     def inputs(self, node: gs.Node) -> list[int]:
         """Indices of `node`'s activation inputs to quantize (present, non-constant ones)."""
@@ -85,6 +88,27 @@ def _residual_input(node: gs.Node) -> tuple[int, ...]:
     return skips[:1] if skips else (1,)
 
 
+def _tiny_conv(node: gs.Node) -> str | None:
+    """TensorRT's int8 convolution kernels need channel counts it can tile (R-B4): below 16
+    channels, unless a multiple of 8, Q/DQ only adds reformatting (ModelOpt's rule)."""
+    weight = node.inputs[1]
+    if not isinstance(weight, gs.Constant):
+        return None
+    # Conv weights are (out, in/g, …), ConvTranspose (in, out/g, …): both counts, either way.
+    counts = (weight.values.shape[0], weight.values.shape[1] * int(node.attrs.get("group", 1)))
+    if any(c < 16 and c % 8 for c in counts):
+        return f"channels {counts}: too few for int8 tensor-core tiles"
+    return None
+
+
+def _gemv(node: gs.Node) -> str | None:
+    """A matrix-vector product (a weight dimension of 1) has no tensor-core benefit (R-B4)."""
+    weight = node.inputs[1]
+    if isinstance(weight, gs.Constant) and 1 in weight.values.shape[-2:]:
+        return f"GEMV-shaped weight {tuple(weight.values.shape)}"
+    return None
+
+
 _DATA_MOVEMENT = QRule(output="same-as-input")
 
 CPU_RULES = MappingProxyType({
@@ -106,10 +130,10 @@ CPU_RULES = MappingProxyType({
 })
 
 TENSORRT_RULES = MappingProxyType({
-    "Conv": QRule(weight=1, weight_axis=0, output="never"),
-    "ConvTranspose": QRule(weight=1, weight_axis=1, output="never"),
-    "Gemm": QRule(weight=1, weight_axis=_gemm_axis, output="never"),
-    "MatMul": QRule(weight=1, weight_axis=1, output="never"),
+    "Conv": QRule(weight=1, weight_axis=0, output="never", skip=_tiny_conv),
+    "ConvTranspose": QRule(weight=1, weight_axis=1, output="never", skip=_tiny_conv),
+    "Gemm": QRule(weight=1, weight_axis=_gemm_axis, output="never", skip=_gemv),
+    "MatMul": QRule(weight=1, weight_axis=1, output="never", skip=_gemv),
     "Add": QRule(activations=_residual_input, output="never"),
 })
 

@@ -9,6 +9,8 @@ Given activation ranges from `calibrate`, the pass
    - a unit whose output is a graph output still gets its output Q: the DequantizeLinear
      then writes the graph output (onnxruntime refuses only a unit whose own node writes a
      graph output, R-A1 — measured 100% fused this way);
+   - the target may decline a node it gains nothing from (tensorrt: GEMV-shaped MatMuls,
+     convolutions with too few channels for int8 tiles, R-B4);
    - in a transformer graph (one with LayerNormalization / Softmax, fused or decomposed) only
      MatMul / Gemm with constant weights are quantized, without output Q (onnxruntime runs them
      as MatMulIntegerToFloat / QGemm). Residual Adds, LayerNorm and Softmax inputs, attention
@@ -92,6 +94,8 @@ class QuantizeStatic(Pass):
         activation_dtype: "uint8" or "int8" (default: the target's choice).
         symmetric_activations: Override the target's activation symmetry.
         transformer: "auto" detects transformer graphs; "on" / "off" force the choice.
+        skip_unprofitable: Let the target decline nodes it gains nothing from (tensorrt: tiny
+            convolutions, GEMV-shaped MatMuls); False quantizes them anyway.
     """
 
     name: ClassVar[str] = "quantize-static"
@@ -102,6 +106,7 @@ class QuantizeStatic(Pass):
     activation_dtype: str | None = None
     symmetric_activations: bool | None = None
     transformer: str = "auto"
+    skip_unprofitable: bool = True
 
     def requires(self, model: Model, ctx: Context) -> None:
         """Calibration must have run, and the target must have an int8 path."""
@@ -183,6 +188,8 @@ class QuantizeStatic(Pass):
             if rule.weight is not None and not _float_constant(node, rule.weight):
                 continue
             if not all(_float(node.inputs[i]) for i in rule.inputs(node)):
+                continue
+            if self.skip_unprofitable and rule.skip is not None and rule.skip(node) is not None:
                 continue
             selected.append(node)
         return selected
