@@ -4,7 +4,8 @@ The coupling analysis (`onnxpress.passes.sparsity.coupling`) splits the channels
 that must lose the same indices. This pass scores each prunable group's channels, chooses a
 kept set ``K`` per group and rewrites every parameter the group touches, so the graph really
 shrinks: fewer rows in the producers' weights, fewer columns in the consumers', smaller BN
-parameters, depthwise ``group`` counts and Reshape constants. Graph outputs never change shape.
+parameters, grouped and depthwise ``group`` counts, Reshape constants, Split sizes and Slice
+bounds. Graph outputs never change shape.
 
 Scores. For a producer layer ``p`` whose weight has output channel ``k`` in slice ``W_p[k]``:
 
@@ -15,7 +16,11 @@ the norm of the BN-folded weight, so the scores are the same before and after fu
 (Li et al., 2017). ``bn-gamma`` takes ``s[k] = |γ_k|`` from every BatchNormalization the group
 passes through (Network Slimming, Liu et al., 2017; only before BN folding). Each layer's
 scores are divided by their mean, so layers of different scale weigh the same, then averaged
-over the group: ``S_g[k] = mean_p s_p[k] / mean(s_p)``.
+over the group: ``S_g[k] = mean_p s_p[k] / mean(s_p)``. A producer contributes the slices
+its output gives the group: channels ``[lo, hi)`` when a Split or Slice cut its output into
+parts, and, when a grouped Conv reads the group (blocks of ``u = k_in`` layer channels per
+channel of the group), the norm of the whole block ``W_p[k·u : (k+1)·u]`` (mean ``|γ|`` for
+``bn-gamma``).
 
 Widths. A group narrows in *blocks*: first to the largest multiple of ``round_to`` below
 ``C_g``, then ``round_to`` channels at a time, never below ``round_to`` nor below
@@ -23,7 +28,11 @@ Widths. A group narrows in *blocks*: first to the largest multiple of ``round_to
 all groups' blocks are ranked together by their mean ``S`` (which is comparable across groups:
 every group's scores have mean 1). Blocks are taken in that order while each brings the
 channels removed closer to ``ratio · Σ C_g``. ``K_g`` is the top-scoring channels of the width
-left. Layers that read a graph input (a model's first layers: their few input channels make
+left. In a group of blocks of ``u`` layer channels the steps are
+``round_to / gcd(round_to, u)`` blocks, so the layer widths stay multiples of
+``lcm(round_to, u)`` (a grouped Conv loses whole groups), and the budget and the reported
+widths count layer channels ``C_g·u``; a group with no such narrower width is skipped with the
+reason. Layers that read a graph input (a model's first layers: their few input channels make
 every output channel count) are kept whole unless ``prune_first=True`` (rule R-D3).
 
 Rewrite. Every edit of the analysis knows the layout of the tensor it applies to; its
@@ -116,9 +125,10 @@ class PruneChannels(Pass):
             if group.frozen or group.label in skipped:
                 continue
             scores = self._scores(group, coupling)
-            if not self._steps(group.channels):
-                skipped[group.label] = (f"{group.channels} channels: no narrower multiple of "
-                                        f"round_to={self.round_to} within "
+            if not self._steps(group.channels, group.unit):
+                blocks = f" in blocks of {group.unit}" if group.unit > 1 else ""
+                skipped[group.label] = (f"{group.channels * group.unit} channels{blocks}: no "
+                                        f"narrower multiple of round_to={self.round_to} within "
                                         f"max_ratio_per_layer={self.max_ratio_per_layer}")
             elif scores is None:
                 skipped[group.label] = ("no BatchNormalization to take gamma from"
@@ -137,9 +147,10 @@ class PruneChannels(Pass):
             if width < group.channels:
                 chosen = np.sort(np.argsort(-scores, kind="stable")[:width])
                 kept.update(dict.fromkeys(group.spaces, chosen))
-        stats.update(channels_before=sum(g.channels for g, _ in scored),
-                     channels_after=sum(widths),
-                     widths={g.label: f"{g.channels} → {w}"
+        stats.update(channels_before=sum(g.channels * g.unit for g, _ in scored),
+                     channels_after=sum(w * g.unit for (g, _), w in zip(scored, widths,
+                                                                        strict=True)),
+                     widths={g.label: f"{g.channels * g.unit} → {w * g.unit}"
                              for (g, _), w in zip(scored, widths, strict=True)
                              if w < g.channels})
         if not kept:
@@ -181,39 +192,43 @@ class PruneChannels(Pass):
         if self.criterion == "bn-gamma":
             layers = list(_gamma_scores(group, coupling))
         else:
-            layers = [_weight_scores(node, axis, self.criterion)
-                      for node, axis in _producer_weights(group, coupling)]
+            layers = [_weight_scores(node, axis, self.criterion, offset, stride, group.channels)
+                      for node, axis, offset, stride in _producer_weights(group, coupling)]
         layers = [s / s.mean() for s in layers if s.mean() > 0]
         return np.mean(layers, axis=0) if layers else None
 
     def _widths(self, scored: list[tuple[ChannelGroup, np.ndarray]]) -> list[int]:
-        """Kept width per group: blocks of whole round_to steps, ranked globally."""
+        """Kept width per group (in its channels, blocks of ``unit`` layer channels): blocks
+        of whole round_to steps, ranked globally; the budget counts layer channels."""
         blocks = []  # (mean score, group, step within the group, channels it removes)
         for i, (group, scores) in enumerate(scored):
             ascending, removed = np.sort(scores), 0
-            for step, size in enumerate(self._steps(group.channels)):
+            for step, size in enumerate(self._steps(group.channels, group.unit)):
                 blocks.append((float(ascending[removed:removed + size].mean()), i, step, size))
                 removed += size
-        budget = self.ratio * sum(group.channels for group, _ in scored)
+        budget = self.ratio * sum(group.channels * group.unit for group, _ in scored)
         removed, taken, total = [0] * len(scored), [0] * len(scored), 0
         for _, i, step, size in sorted(blocks):
             # A block is taken while it brings the total closer to the budget; a group's
             # blocks are taken in order (later ones hold its higher scores).
-            if step == taken[i] and total + size / 2 < budget:
+            layer_channels = size * scored[i][0].unit
+            if step == taken[i] and total + layer_channels / 2 < budget:
                 removed[i] += size
                 taken[i] += 1
-                total += size
+                total += layer_channels
         return [group.channels - gone for (group, _), gone in zip(scored, removed,
                                                                    strict=True)]
 
-    def _steps(self, channels: int) -> list[int]:
+    def _steps(self, channels: int, unit: int = 1) -> list[int]:
         """Channels removed by each successive narrowing: down to the largest multiple of
-        round_to below `channels`, then round_to at a time, while the width stays ≥ round_to
-        and the removal within max_ratio_per_layer."""
-        least = max(channels * (1 - self.max_ratio_per_layer), self.round_to)
-        floor = math.ceil(least / self.round_to - 1e-9) * self.round_to
-        widths = [channels, *range((channels - 1) // self.round_to * self.round_to, floor - 1,
-                                   -self.round_to)]
+        ``n = round_to / gcd(round_to, unit)`` below `channels`, then n at a time, while the
+        width stays ≥ n and the removal within max_ratio_per_layer. With blocks of ``unit``
+        layer channels (a grouped Conv's) the layer widths are multiples of
+        ``lcm(round_to, unit)``; with ``unit = 1``, of round_to."""
+        step = self.round_to // math.gcd(self.round_to, unit)
+        least = max(channels * (1 - self.max_ratio_per_layer), step)
+        floor = math.ceil(least / step - 1e-9) * step
+        widths = [channels, *range((channels - 1) // step * step, floor - 1, -step)]
         return [a - b for a, b in itertools.pairwise(widths)]
 
 
@@ -234,22 +249,34 @@ def _rewrite(model: Model, coupling: Coupling, kept: dict[int, np.ndarray]) -> N
     model.analysis(analyses.shapes)
 
 
-def _producer_weights(group: ChannelGroup, coupling: Coupling) -> list[tuple[gs.Node, int]]:
-    """(producer, output axis of its weight) for each producer of `group`."""
-    axes = {id(e.node): e.axis for e in coupling.edits
-            if e.role == "producer" and isinstance(e, SliceInput) and e.index == 1}
-    return [(node, axes[id(node)]) for node in group.producers]
+def _producer_weights(group: ChannelGroup, coupling: Coupling
+                      ) -> list[tuple[gs.Node, int, int, int]]:
+    """``(producer, output axis of its weight, offset, stride)`` of each place `group` takes
+    in a producer's output: channel ``k`` is the weight's output slices
+    ``[offset + k·stride, offset + (k+1)·stride)`` (a part of a cut output starts past 0, a
+    block of a grouped Conv's input spans ``stride`` slices)."""
+    edits = {id(e.node): e for e in coupling.edits
+             if e.role == "producer" and isinstance(e, SliceInput) and e.index == 1}
+    producers = {id(node): node for node in group.producers}.values()
+    return [(node, edits[id(node)].axis, offset, stride) for node in producers
+            for offset, stride in edits[id(node)].layout.index_maps(group.spaces)]
 
 
-def _weight_scores(node: gs.Node, axis: int, criterion: str) -> np.ndarray:
-    """Norm of each output-channel slice of the (BN-folded) weight."""
+def _weight_scores(node: gs.Node, axis: int, criterion: str, offset: int, stride: int,
+                   channels: int) -> np.ndarray:
+    """Norm of the (BN-folded) weight's output slices of each channel: ``Σ_t s[o + k·r + t]``
+    for l1, ``√Σ_t s[o + k·r + t]²`` for l2 (the norm of the whole block)."""
     weight = np.moveaxis(np.asarray(node.inputs[1].values, np.float64), axis, 0)
     flat = weight.reshape(weight.shape[0], -1)
     norms = np.abs(flat).sum(1) if criterion == "l1" else np.sqrt((flat * flat).sum(1))
     readers = consumers(node.outputs[0])
     if len(readers) == 1 and readers[0].op == "BatchNormalization":
         norms = norms * np.abs(_bn_scale(readers[0]))
-    return norms
+    norms = norms[offset:offset + channels * stride]
+    if stride == 1:
+        return norms
+    blocks = norms.reshape(channels, stride)
+    return blocks.sum(1) if criterion == "l1" else np.sqrt((blocks * blocks).sum(1))
 
 
 def _bn_scale(node: gs.Node) -> np.ndarray:
@@ -265,7 +292,9 @@ def _gamma_scores(group: ChannelGroup, coupling: Coupling):
                 and edit.index == 1 and any(edit.node is n for n in group.through)):
             gamma = np.abs(np.asarray(edit.node.inputs[1].values, np.float64))
             for offset, stride in edit.layout.index_maps(group.spaces):
-                yield gamma[offset + stride * np.arange(group.channels)]
+                # A channel of `stride` positions (a block, or after Flatten): their mean.
+                yield gamma[offset:offset + stride * group.channels].reshape(
+                    group.channels, stride).mean(1)
 
 
 __all__ = ["PruneChannels", "kept_channels"]

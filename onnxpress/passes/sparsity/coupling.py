@@ -8,7 +8,8 @@ CVPR 2023), on an ONNX graph. It changes nothing.
 
 Channel spaces and layouts
 --------------------------
-Each Conv / ConvTranspose / Gemm / MatMul output opens a *channel space* of ``C`` channels.
+Each Conv (``group = 1``) / ConvTranspose / Gemm / MatMul output opens a *channel space* of
+``C`` channels (or several, one per part: see "Parts and blocks").
 The channel axis of every tensor downstream carries a *layout*: segments
 ``(space s_j, length C_j, stride r_j)`` laid end to end. Channel ``k`` of segment ``j`` holds
 the positions
@@ -19,9 +20,18 @@ of that axis. Ops map the layouts of their inputs to the layouts of their output
 
 - identity, ``L_out = L_in``: BatchNormalization, unary elementwise ops (Relu, Clip,
   Sigmoid, …), MaxPool / AveragePool / GlobalAveragePool, Resize and Pad that leave the
-  channel axis alone, and depthwise Conv (``group = C``, one filter per channel);
+  channel axis alone, Split and Slice along another axis;
 - Concat on the channel axis, ``L_out = L_1 ‖ L_2 ‖ …``: the offsets ``o_j`` shift by the
   widths before them (the offset mapping);
+- Split and Slice on the channel axis (the reverse offset mapping): an output that takes the
+  positions ``[a, b)`` of the input axis carries the segments lying in ``[a, b)``, offsets
+  shifted by ``−a``. A boundary falling inside a segment *cuts* its space (below);
+- grouped Conv with ``group = g``, ``C_in = g·k_in``, ``C_out = g·k_out`` (depthwise:
+  ``k_in = 1``, with a channel multiplier ``k_out > 1``): conv group ``j`` reads the inputs
+  ``[j·k_in, (j+1)·k_in)`` and writes the outputs ``[j·k_out, (j+1)·k_out)``, so it is pruned
+  by *whole groups* and the channels pass through: every input segment must hold whole
+  conv groups per channel (``k_in | r_j``, else its space is *coarsened*, below) and the
+  output carries the same spaces with strides ``r_j·k_out/k_in``; ``group`` shrinks;
 - Flatten / Reshape ``[…, C, d_1 … d_m] → […, C·s, e_1 … e_n]`` with ``s = Πd / Πe`` an
   integer: every stride ``r_j ← r_j·s``. For Flatten after a ``C×H×W`` map this is the stride
   mapping ``c ↔ features [c·HW, (c+1)·HW)`` of the Gemm that follows;
@@ -38,17 +48,36 @@ it applies to assigns to ``K``:
 - consumers: input axis of the weight, ``W[:, P, …]`` for Conv, rows or columns of the Gemm
   weight (with the stride mapping after Flatten), rows of a MatMul ``[K, N]`` weight;
 - through the group: BatchNormalization parameters, per-channel constants of elementwise ops,
-  the depthwise weight and bias together with ``group = |P|``, and the channel entry of
-  Reshape shape and Resize sizes constants.
+  the grouped (or depthwise) weight and bias on their output axis together with
+  ``group = |P_in| / k_in``, the channel entry of Reshape shape and Resize sizes constants,
+  the Split sizes ``|P ∩ [a_i, b_i)|`` and the Slice bounds ``|P ∩ [0, a)|``,
+  ``|P ∩ [0, b)|``.
+
+Parts and blocks
+----------------
+A space is not always a whole layer output. The channels of a layer (its *origin*) are cut
+into *parts* where a Split or Slice boundary falls inside them: each part is a space of its
+own, so a Split half feeding a residual Add (YOLO's C2f) is its own group, and a Slice's
+output maps onto whole parts while the channels it leaves out (other parts of the same
+producer) are not read through it. A part is also laid out in *blocks* of ``u`` channels
+when a grouped Conv reads it (``u = k_in``): one channel of the space is then ``u``
+consecutive channels of the layer (stride ``u`` at the producer), so whole conv groups are
+removed. Cuts and blocks found on one space apply to every space unified with it. They are
+learnt by sweeping the graph again until no new one turns up; a sweep that still lacks one
+freezes what it could not map, so every sweep's result is safe. A cut inside a block (a
+Slice at channel 2 of a group of 4 channels) cannot be honored: the layer's output then
+stays one unrefined, frozen space, with both nodes named.
 
 A group is *frozen* (never pruned) when any of its spaces reaches an op the analysis cannot
 map, a graph output (the model's interface never changes shape), a graph input or another
-fixed-width tensor, a grouped Conv (channels tied in blocks) or a layout mismatch. The
-reason names the op and the node.
+fixed-width tensor, Split / Slice bounds that are not constant (or a Slice step ≠ 1 on the
+channel axis), a grouped Conv whose groups straddle two spaces, a cut inside a block or a
+layout mismatch. The reason names the op and the node.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -224,11 +253,78 @@ class SetEntry(Edit):
 
 @dataclass(frozen=True, eq=False)
 class SetGroup(Edit):
-    """A depthwise Conv keeps one group per surviving channel."""
+    """A grouped Conv keeps one group per `per_group` surviving input channels (`layout` is
+    its input's; a depthwise Conv has ``per_group = 1``)."""
+
+    per_group: int = 1
 
     def apply(self, model: Model, positions: np.ndarray) -> None:
-        """Set ``group`` to the surviving channel count."""
-        self.node.attrs["group"] = int(positions.size)
+        """Set ``group`` to ``|P_in| / k_in``."""
+        self.node.attrs["group"] = int(positions.size // self.per_group)
+
+
+@dataclass(frozen=True, eq=False)
+class SetSplit(Edit):
+    """A Split on the channel axis whose output ``i`` took positions ``[b_i, b_{i+1})`` of its
+    input (`layout`) keeps ``|P ∩ [b_i, b_{i+1})|`` of them.
+
+    Attributes:
+        bounds: ``b_0 = 0 < b_1 < … < b_n`` = the input width, before pruning.
+    """
+
+    bounds: tuple[int, ...] = ()
+
+    def apply(self, model: Model, positions: np.ndarray) -> None:
+        """Rewrite the sizes: the ``split`` input (opset ≥ 13, added in place of an equal
+        split or ``num_outputs``) or attribute (opset < 13)."""
+        sizes = np.diff(_count_below(positions, self.bounds)).astype(np.int64)
+        node = self.node
+        if model.opset < 13:
+            node.attrs["split"] = [int(n) for n in sizes]
+        elif len(node.inputs) > 1 and not node.inputs[1].is_empty():
+            set_constant(model, node, 1, sizes)
+        else:
+            node.attrs.pop("num_outputs", None)
+            split = model.constant(f"{node_label(node)}_split", sizes)
+            if len(node.inputs) > 1:
+                node.inputs[1] = split
+            else:
+                node.inputs.append(split)
+
+
+@dataclass(frozen=True, eq=False)
+class SetSliceBounds(Edit):
+    """A Slice that took positions ``[start, stop)`` (step 1) of its input's channel axis
+    (`layout`) now takes ``[|P ∩ [0, start)|, |P ∩ [0, stop)|)``.
+
+    Attributes:
+        entry: Index of the channel axis in ``starts`` / ``ends`` / ``axes``.
+        start, stop: The normalized bounds before pruning (``0 ≤ start < stop ≤ width``).
+    """
+
+    entry: int = 0
+    start: int = 0
+    stop: int = 0
+
+    def apply(self, model: Model, positions: np.ndarray) -> None:
+        """Write both bounds (inputs 1 and 2, or the attributes below opset 10)."""
+        node = self.node
+        bounds = _count_below(positions, (self.start, self.stop))
+        if "starts" in node.attrs:
+            for name, value in zip(("starts", "ends"), bounds, strict=True):
+                values = list(node.attrs[name])
+                values[self.entry] = int(value)
+                node.attrs[name] = values
+            return
+        for index, value in zip((1, 2), bounds, strict=True):
+            values = np.array(node.inputs[index].values, copy=True)
+            values[self.entry] = value
+            set_constant(model, node, index, values)
+
+
+def _count_below(positions: np.ndarray, bounds: Sequence[int]) -> np.ndarray:
+    """How many of `positions` lie below each bound."""
+    return np.array([np.count_nonzero(positions < b) for b in bounds], np.int64)
 
 
 def set_constant(model: Model, node: gs.Node, index: int, values: np.ndarray) -> None:
@@ -248,16 +344,21 @@ class ChannelGroup:
     """Channels that must be removed together.
 
     Attributes:
-        channels: Channel count ``C`` shared by every space of the group.
+        channels: Channel count ``C`` shared by every space of the group (in blocks when
+            ``unit > 1``: pruning keeps or removes whole channels of the space).
         spaces: Ids of the unified channel spaces.
         producers: Layers whose output channels are the group (weights sliced on the output
-            axis).
+            axis). A layer whose output is cut into parts is listed once per part.
         consumers: ``(layer, [(offset, stride), …])``: layers whose input channels the group
             feeds, with the index map of each occurrence along their input axis (channel
             ``k`` is positions ``[offset + k·stride, offset + (k+1)·stride)``).
-        through: Nodes the channels pass through that pruning rewrites (BN, depthwise Conv,
-            per-channel constants, Reshape/Resize constants).
+        through: Nodes the channels pass through that pruning rewrites (BN, grouped and
+            depthwise Conv, per-channel constants, Reshape/Resize constants, Split, Slice).
         frozen: Why the group must not be pruned, or None if it may.
+        unit: Layer channels per channel of the group (the block a grouped Conv prunes
+            whole; the gcd over the producers), 1 for plain channels.
+        ranges: Per producer, the channels ``(lo, hi)`` of its output this group is, or None
+            for the whole output.
     """
 
     channels: int
@@ -266,11 +367,16 @@ class ChannelGroup:
     consumers: list[tuple[gs.Node, list[tuple[int, int]]]] = field(default_factory=list)
     through: list[gs.Node] = field(default_factory=list)
     frozen: str | None = None
+    unit: int = 1
+    ranges: list[tuple[int, int] | None] = field(default_factory=list)
 
     @property
     def label(self) -> str:
-        """The group's name in reports: its producers' node names."""
-        return "+".join(node_label(p) for p in self.producers)
+        """The group's name in reports: its producers' node names (with the channel range
+        when the group is part of a layer's output)."""
+        ranges = self.ranges + [None] * (len(self.producers) - len(self.ranges))
+        return "+".join(node_label(p) + (f"[{r[0]}:{r[1]}]" if r else "")
+                        for p, r in zip(self.producers, ranges, strict=True))
 
     def describe(self) -> str:
         """One line: width, producers, consumers with their index maps, status."""
@@ -279,7 +385,9 @@ class ChannelGroup:
         users = ", ".join(f"{node_label(n)} [{maps(m)}]" for n, m in self.consumers) or "none"
         via = ", ".join(dict.fromkeys(f"{n.op} {node_label(n)}" for n in self.through))
         status = f"frozen: {self.frozen}" if self.frozen else "prunable"
-        return (f"{self.channels} ch — out of {self.label}; into {users}"
+        width = (f"{self.channels} ch" if self.unit == 1
+                 else f"{self.channels} blocks of {self.unit} ch")
+        return (f"{width} — out of {self.label}; into {users}"
                 + (f"; through {via}" if via else "") + f" — {status}")
 
 
@@ -312,10 +420,105 @@ def describe_groups(model: Model) -> list[str]:
     return [f"group {i}: {g.describe()}" for i, g in enumerate(channel_groups(model))]
 
 
+#: Sweeps before `analyze` settles for what it has (each sweep learns at least one cut or
+#: block; a chain of Splits of Splits of one space needs one sweep per level).
+MAX_SWEEPS = 32
+
+
 def analyze(model: Model) -> Coupling:
-    """Propagate channel layouts through `model` and group the coupled channel spaces."""
+    """Propagate channel layouts through `model` and group the coupled channel spaces,
+    sweeping again while a sweep learns a new cut or block (see "Parts and blocks")."""
     model.analysis(analyses.shapes)
-    return _Propagation(model).run()
+    view = analyses.nx_view(model)
+    order = [view.nodes[i]["node"] for i in nx.lexicographical_topological_sort(view)]
+    learnt = _Learnt()
+    for _ in range(MAX_SWEEPS):
+        sweep = _Propagation(model, learnt)
+        coupling = sweep.run(order)
+        if not learnt.update(sweep.spaces, sweep.requests):
+            break
+    return coupling
+
+
+# --------------------------------------------------------------------------------------------
+# Parts and blocks, learnt across sweeps
+@dataclass
+class _Learnt:
+    """The cuts and blocks found so far, per *origin* (a layer, or a fixed-width Concat
+    input ``(concat, index)``, by identity), in channels of that origin.
+
+    Attributes:
+        cuts: ``origin → {channel: {node: None}}``: a part starts at `channel` (the nodes
+            whose bounds fall there, in order).
+        blocks: ``origin → {(lo, hi): (u, {node: None})}``: channels ``[lo, hi)`` are pruned
+            in blocks of ``u``, aligned on ``lo`` (for the grouped Convs named).
+        conflicts: ``origin → reason``: a cut falls inside a block; the origin stays one
+            unrefined space, frozen with the reason.
+    """
+
+    cuts: dict = field(default_factory=dict)
+    blocks: dict = field(default_factory=dict)
+    conflicts: dict = field(default_factory=dict)
+
+    def parts(self, origin: object, channels: int, label: str
+              ) -> tuple[list[tuple[int, int, int]], str | None]:
+        """``(lo, hi, unit)`` of each part of `origin`'s `channels`, and why the origin is
+        frozen if a cut falls inside a block."""
+        if origin in self.conflicts:
+            return [(0, channels, 1)], self.conflicts[origin]
+        cuts = self.cuts.get(origin, {})
+        bounds = sorted({0, channels, *(c for c in cuts if 0 < c < channels)})
+        parts = []
+        for lo, hi in itertools.pairwise(bounds):
+            unit = 1
+            for (a, b), (u, grouped) in self.blocks.get(origin, {}).items():
+                if not (a < hi and lo < b):
+                    continue
+                for c in (lo, hi):
+                    if a < c < b and (c - a) % u:
+                        reason = (f"{_both(cuts[c], 'cuts')} {label} at channel {c}, inside "
+                                  f"a block of {u} channels that {_both(grouped, 'prunes')} "
+                                  "whole")
+                        self.conflicts[origin] = reason
+                        return [(0, channels, 1)], reason
+                unit = math.lcm(unit, u)
+            parts.append((lo, hi, unit))
+        return parts, None
+
+    def update(self, spaces: nx.Graph, requests: Iterable[tuple[int, str, int, str]]
+               ) -> bool:
+        """Apply a sweep's requests ``(space, "cut" | "block", value, node)`` to every space
+        unified with the requesting one; True if a cut or block is new.
+
+        A cut at channel ``c`` of a space whose part starts at ``lo`` of its origin with
+        blocks of ``u`` cuts that origin at ``lo + c·u``; a block of ``f`` channels of the
+        space makes the part's blocks ``u·f`` channels of its origin.
+        """
+        component = {s: c for c in nx.connected_components(spaces) for s in c}
+        new = False
+        for space, kind, value, where in requests:
+            for other in sorted(component[space]):
+                data = spaces.nodes[other]
+                origin, lo, unit = data["origin"], data["lo"], data["unit"]
+                if origin is None or origin in self.conflicts:
+                    continue
+                if kind == "cut":
+                    nodes = self.cuts.setdefault(origin, {}).setdefault(lo + value * unit, {})
+                    new |= not nodes
+                    nodes[where] = None
+                else:
+                    span = (lo, lo + data["length"] * unit)
+                    old, grouped = self.blocks.setdefault(origin, {}).get(span, (1, {}))
+                    self.blocks[origin][span] = (math.lcm(old, unit * value),
+                                                 {**grouped, where: None})
+                    new |= self.blocks[origin][span][0] != old
+        return new
+
+
+def _both(nodes: Iterable[str], verb: str) -> str:
+    """``"A cuts"`` or ``"A and B cut"``."""
+    nodes = list(nodes)
+    return f"{' and '.join(nodes)} {verb if len(nodes) == 1 else verb[:-1]}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,17 +556,21 @@ def _where(node: gs.Node) -> str:
 class _Propagation:
     """One forward sweep assigning layouts to tensors, then grouping the spaces."""
 
-    def __init__(self, model: Model) -> None:
+    def __init__(self, model: Model, learnt: _Learnt) -> None:
         self.model = model
+        self.learnt = learnt
         self.layouts: dict[int, Layout] = {}
         self.spaces = nx.Graph()
         self.edits: list[Edit] = []
         self.outputs: list[tuple[gs.Node, Layout]] = []
+        #: ``(space, "cut" | "block", channel or factor, node)`` this sweep could not honor.
+        self.requests: list[tuple[int, str, int, str]] = []
         self.handlers = {
             "Conv": self._conv, "ConvTranspose": self._conv_transpose, "Gemm": self._gemm,
             "MatMul": self._matmul, "BatchNormalization": self._batchnorm,
             "Concat": self._concat, "Flatten": self._flatten, "Reshape": self._reshape,
-            "Resize": self._resize, "Pad": self._pad,
+            "Resize": self._resize, "Pad": self._pad, "Split": self._split,
+            "Slice": self._slice,
             **dict.fromkeys(UNARY, self._unary), **dict.fromkeys(ELEMENTWISE, self._elementwise),
             **dict.fromkeys(POOLS, self._pool),
         }
@@ -378,11 +585,31 @@ class _Propagation:
                 self.spaces.nodes[space]["reasons"].append(reason)
 
     def new_space(self, length: int, producer: gs.Node | None = None,
-                  reason: str | None = None) -> int:
+                  reason: str | None = None, origin: object = None, lo: int = 0,
+                  unit: int = 1, part: tuple[int, int] | None = None) -> int:
         space = self.spaces.number_of_nodes()
         self.spaces.add_node(space, length=length, producer=producer,
-                             reasons=[reason] if reason else [])
+                             reasons=[reason] if reason else [], origin=origin, lo=lo,
+                             unit=unit, part=part)
         return space
+
+    def open(self, origin: object, channels: int, producer: gs.Node | None, label: str,
+             reason: str | None) -> tuple[tuple[Segment, ...], str | None]:
+        """The segments of a new tensor of `channels` channels: one space per part learnt so
+        far, each channel of it a block of ``unit`` channels (stride ``unit``), and the
+        reason they are frozen (`reason`, or a conflict between cuts and blocks)."""
+        parts, conflict = self.learnt.parts(origin, channels, label)
+        reason = "; ".join(r for r in (reason, conflict) if r) or None
+        return tuple(
+            Segment(self.new_space((hi - lo) // unit, producer, reason, origin, lo, unit,
+                                   (lo, hi) if len(parts) > 1 else None),
+                    (hi - lo) // unit, unit)
+            for lo, hi, unit in parts), reason
+
+    def request(self, space: int, kind: str, value: int, node: gs.Node) -> None:
+        """Ask the next sweep for a cut at channel `value` of `space` ("cut") or for blocks
+        of `value` of its channels ("block")."""
+        self.requests.append((space, kind, value, _where(node)))
 
     def root(self, node: gs.Node, channels: int | None, axis: int, weight_axis: int,
              bias_axis: int | None, reason: str | None = None) -> None:
@@ -401,8 +628,8 @@ class _Propagation:
             channels = shape[axis]
         if not isinstance(channels, int):
             return
-        layout = Layout(axis, len(shape), (Segment(self.new_space(channels, node, reason),
-                                                   channels),))
+        segments, reason = self.open(id(node), channels, node, f"'{node_label(node)}'", reason)
+        layout = Layout(axis, len(shape), segments)
         self.layouts[id(out)] = layout
         if reason is None:  # a frozen space is never pruned: nothing to edit
             self.outputs.append((node, layout))
@@ -433,10 +660,9 @@ class _Propagation:
                     self.layouts[id(out)] = layout
 
     # -- sweep -----------------------------------------------------------------------------
-    def run(self) -> Coupling:
-        view = analyses.nx_view(self.model)
-        for index in nx.lexicographical_topological_sort(view):
-            node = view.nodes[index]["node"]
+    def run(self, order: Iterable[gs.Node]) -> Coupling:
+        """Visit the nodes in topological `order`, then group the spaces."""
+        for node in order:
             carried = [self.layout(t) for t in dependencies(node)]
             handler = self.handler(node)
             if node.op in LAYERS and handler is not None:
@@ -470,12 +696,15 @@ class _Propagation:
         for component in sorted(nx.connected_components(self.spaces), key=min):
             spaces = tuple(sorted(component))
             data = [self.spaces.nodes[s] for s in spaces]
-            producers = [d["producer"] for d in data if d["producer"] is not None]
-            if not producers:
+            made = [d for d in data if d["producer"] is not None]
+            if not made:
                 continue  # a fixed-width Concat input alone: nothing could prune it
             reasons = list(dict.fromkeys(r for d in data for r in d["reasons"]))
             group = ChannelGroup(channels=data[0]["length"], spaces=spaces,
-                                 producers=producers, frozen="; ".join(reasons) or None)
+                                 producers=[d["producer"] for d in made],
+                                 frozen="; ".join(reasons) or None,
+                                 unit=math.gcd(*(d["unit"] for d in made)),
+                                 ranges=[d["part"] for d in made])
             result.append(group)
             group_of.update(dict.fromkeys(spaces, group))
         listed: set[tuple[int, int]] = set()
@@ -517,19 +746,52 @@ class _Propagation:
             if layout is not None:
                 self.edits.append(SliceInput(node, layout, "consumer", 1, 1))
             return self.root(node, weight.shape[0], 1, 0, self._bias_axis(node))
-        if weight.shape[1] == 1 and weight.shape[0] == group:
-            # Depthwise: output channel c reads input channel c only, so channels pass through.
-            if layout is not None:
-                self.edits += [SliceInput(node, layout, "through", 1, 0),
-                               SetGroup(node, layout, "through")]
-                if self._bias_axis(node) is not None:
-                    self.edits.append(SliceInput(node, layout, "through", 2, 0))
-                self.outputs.append((node, layout))
-                self.pass_through(node, layout)
-            return None
-        reason = f"{_where(node)} (group={group}) ties channels in blocks"
-        self.freeze([layout], reason)
-        return self.root(node, weight.shape[0], 1, 0, self._bias_axis(node), reason)
+        # Whole groups go with the input's channels: an untracked (graph) input leaves the
+        # output untracked too.
+        if layout is not None:
+            self._grouped(node, layout, weight.shape, group)
+        return None
+
+    def _grouped(self, node: gs.Node, layout: Layout, shape: tuple, group: int) -> None:
+        """Conv with ``group = g``, weight ``[g·k_out, k_in, …]``, pruned by whole groups.
+
+        Conv group ``j`` reads input positions ``[j·k_in, (j+1)·k_in)`` and writes output
+        positions ``[j·k_out, (j+1)·k_out)``. A segment ``(s, C, r)`` of the input with
+        ``k_in | r`` holds ``r/k_in`` whole conv groups per channel, so channel ``k`` of ``s``
+        is the output positions ``[o·k_out/k_in + k·r', …+ r')``, ``r' = r·k_out/k_in``: the
+        output carries the same spaces with those strides, the weight and bias keep the
+        output positions ``P_out`` and ``group = |P_in| / k_in``. Depthwise is ``k_in = 1``
+        (``k_out > 1``: a channel multiplier). A segment with ``k_in ∤ r`` asks for blocks of
+        ``lcm(r, k_in)/r`` channels of its space (next sweep); one whose width is not a
+        multiple of ``k_in`` shares a conv group with its neighbour: frozen.
+        """
+        k_in, k_out = shape[1], shape[0] // group
+        if shape[0] % group or layout.width != group * k_in:
+            self.freeze([layout], f"{_where(node)}: group={group} does not divide the "
+                                  "channels")
+            return
+        segments, ready = [], True
+        for seg in layout.segments:
+            if seg.width % k_in:
+                self.freeze([layout], f"{_where(node)} (group={group}) has a group of {k_in} "
+                                      "input channels straddling two channel groups")
+                return
+            if seg.stride % k_in:
+                self.request(seg.space, "block", math.lcm(seg.stride, k_in) // seg.stride,
+                             node)
+                ready = False
+            segments.append(Segment(seg.space, seg.length, seg.stride // k_in * k_out))
+        if not ready:
+            self.freeze([layout], f"{_where(node)} (group={group}) prunes whole groups of "
+                                  f"{k_in} channels, which the channels it reads cannot keep")
+            return
+        out = Layout(1, layout.rank, tuple(segments))
+        self.edits += [SliceInput(node, out, "through", 1, 0),
+                       SetGroup(node, layout, "through", k_in)]
+        if self._bias_axis(node) is not None:
+            self.edits.append(SliceInput(node, out, "through", 2, 0))
+        self.outputs.append((node, out))
+        self.pass_through(node, out)
 
     def _conv_transpose(self, node: gs.Node) -> None:
         layout = self.layout(node.inputs[0])
@@ -636,7 +898,7 @@ class _Propagation:
                 self.freeze(carried, f"{_where(node)} joins channels with a fixed-width tensor")
             return
         segments: list[Segment] = []
-        for tensor, lay in zip(node.inputs, carried, strict=True):
+        for index, (tensor, lay) in enumerate(zip(node.inputs, carried, strict=True)):
             if lay is not None:
                 segments += lay.segments
                 continue
@@ -645,10 +907,121 @@ class _Propagation:
                 self.freeze(carried, f"{_where(node)}: width of input '{tensor.name}' unknown")
                 return
             # A fixed-width input keeps all its channels: a frozen space of its own.
-            segments.append(Segment(self.new_space(
-                shape[axis], reason=f"{_where(node)}: input '{tensor.name}' has a fixed width"),
-                shape[axis]))
+            segments += self.open((id(node), index), shape[axis], None,
+                                  f"input '{tensor.name}' of {_where(node)}",
+                                  f"{_where(node)}: input '{tensor.name}' has a fixed width")[0]
         self.layouts[id(node.outputs[0])] = Layout(some.axis, some.rank, tuple(segments))
+
+    def span(self, node: gs.Node, layout: Layout, start: int, stop: int) -> Layout | None:
+        """The part of `layout` at positions ``[start, stop)``: its segments there, offsets
+        shifted by ``−start`` (the reverse offset mapping).
+
+        Both bounds must fall between segments. A bound inside a segment ``(s, C, r)`` at
+        ``o + c·r`` asks for a cut of ``s`` at channel ``c`` (next sweep); one inside a
+        channel's ``r`` positions (``r > 1``: after Flatten, or a block) cannot be mapped.
+        Either way `layout` is frozen for this sweep and None returned.
+        """
+        segments, offset, ready = [], 0, True
+        for seg in layout.segments:
+            end = offset + seg.width
+            for bound in (start, stop):
+                if not offset < bound < end:
+                    continue
+                channel, within = divmod(bound - offset, seg.stride)
+                if within:
+                    self.freeze([layout], f"{_where(node)} cuts through a channel's "
+                                          f"{seg.stride} positions (at {within})")
+                else:
+                    self.request(seg.space, "cut", channel, node)
+                    self.freeze([layout], f"{_where(node)} cuts a channel group at its "
+                                          f"channel {channel}, which cannot be divided there")
+                ready = False
+            if start <= offset and end <= stop:
+                segments.append(seg)
+            offset = end
+        return Layout(layout.axis, layout.rank, tuple(segments)) if ready else None
+
+    def _split(self, node: gs.Node) -> None:
+        """Split on the channel axis: output ``i`` is positions ``[b_i, b_{i+1})`` of the input,
+        ``b`` the running sums of the sizes (``split`` input at opset ≥ 13, attribute below,
+        equal chunks of ``⌈C/n⌉`` with ``num_outputs`` or n equal parts without either)."""
+        layout = self.layout(node.inputs[0])
+        if int(node.attrs.get("axis", 0)) % layout.rank != layout.axis:
+            self.pass_through(node, layout)
+            return
+        sizes = self._split_sizes(node, layout.width)
+        if sizes is None:
+            self.freeze([layout], f"{_where(node)}: the split sizes are not constant, or do "
+                                  "not add up to the channels")
+            return
+        bounds = (0, *itertools.accumulate(sizes))
+        parts = [self.span(node, layout, a, b) for a, b in itertools.pairwise(bounds)]
+        if any(part is None for part in parts):
+            return
+        for out, part in zip(node.outputs, parts, strict=True):
+            if not out.is_empty():
+                self.layouts[id(out)] = part
+        self.edits.append(SetSplit(node, layout, "through", bounds))
+
+    def _split_sizes(self, node: gs.Node, width: int) -> list[int] | None:
+        """The channels of each output, or None if not constant or not a partition."""
+        n = len(node.outputs)
+        if len(node.inputs) > 1 and not node.inputs[1].is_empty():
+            value = _constant(node.inputs[1])
+            sizes = None if value is None else [int(v) for v in np.ravel(value)]
+        elif "split" in node.attrs:
+            sizes = [int(v) for v in node.attrs["split"]]
+        elif "num_outputs" in node.attrs:
+            chunk = -(-width // int(node.attrs["num_outputs"]))
+            sizes = [chunk] * (n - 1) + [width - chunk * (n - 1)]
+        else:
+            sizes = [width // n] * n
+        if sizes is None or len(sizes) != n or min(sizes) <= 0 or sum(sizes) != width:
+            return None
+        return sizes
+
+    def _slice(self, node: gs.Node) -> None:
+        """Slice taking positions ``[start, stop)`` of the channel axis (step 1, constant
+        bounds, normalized against the width: ``+C`` if negative, then clamped to
+        ``[0, C]``) maps like one Split output; along other axes the channels pass through."""
+        layout = self.layout(node.inputs[0])
+        if "starts" in node.attrs:  # opset < 10
+            starts, ends = node.attrs["starts"], node.attrs["ends"]
+            axes = node.attrs.get("axes", range(len(starts)))
+            steps = [1] * len(starts)
+        else:
+            inputs = list(node.inputs) + [gs.Variable.empty()] * (5 - len(node.inputs))
+            starts, ends = _constant(inputs[1]), _constant(inputs[2])
+            axes = (_constant(inputs[3]) if not inputs[3].is_empty()
+                    else None if starts is None else range(len(starts)))
+            steps = (_constant(inputs[4]) if not inputs[4].is_empty()
+                     else None if starts is None else [1] * len(starts))
+        if axes is None:
+            self.freeze([layout], f"{_where(node)}: its axes or bounds are not constant")
+            return
+        axes = [int(a) % layout.rank for a in np.ravel(axes)]
+        if layout.axis not in axes:
+            self.pass_through(node, layout)
+            return
+        entry = axes.index(layout.axis)
+        if starts is None or ends is None or steps is None:
+            self.freeze([layout], f"{_where(node)}: its bounds on the channel axis are not "
+                                  "constant")
+            return
+        if int(np.ravel(steps)[entry]) != 1:
+            self.freeze([layout], f"{_where(node)} slices the channel axis with step "
+                                  f"{int(np.ravel(steps)[entry])}")
+            return
+        width = layout.width
+        start, stop = (int(np.ravel(v)[entry]) for v in (starts, ends))
+        start, stop = (min(max(b + width if b < 0 else b, 0), width) for b in (start, stop))
+        if stop <= start:
+            self.freeze([layout], f"{_where(node)} takes no channel")
+            return
+        part = self.span(node, layout, start, stop)
+        if part is not None:
+            self.layouts[id(node.outputs[0])] = part
+            self.edits.append(SetSliceBounds(node, layout, "through", entry, start, stop))
 
     def _flatten(self, node: gs.Node) -> None:
         layout = self.layout(node.inputs[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx_graphsurgeon as gs
 import pytest
 from zoo import ZOO, feed_list
 
@@ -15,15 +16,19 @@ from onnxpress.passes.sparsity.coupling import SliceInput, analyze, node_label
 from onnxpress.testing import assert_same_outputs, make_model, run
 
 RNG = np.random.default_rng(1)
-HEADER = '<ir_version: 8, opset_import: ["": 17]>'
 
 
 def _w(*shape: int) -> np.ndarray:
     return RNG.standard_normal(shape).astype(np.float32)
 
 
-def _model(signature: str, body: str, **inits: np.ndarray) -> Model:
-    return make_model(f"{HEADER}\ng {signature} {{\n{body}\n}}", **inits)
+def _model(signature: str, body: str, opset: int = 17, **inits: np.ndarray) -> Model:
+    return make_model(f'<ir_version: 8, opset_import: ["": {opset}]>\ng {signature} '
+                      f"{{\n{body}\n}}", **inits)
+
+
+def _i(*values: int) -> np.ndarray:
+    return np.array(values, np.int64)
 
 
 def _layers(model: Model) -> dict[str, tuple]:
@@ -120,6 +125,71 @@ def transformer_mlp() -> Model:
     """, w1=_w(16, 32), b1=_w(32), w2=_w(32, 16), b2=_w(16))
 
 
+def split_block(opset: int) -> Model:
+    """C2f: Conv → Split [4, 12] (attribute at opset 11, input at 13; halves by num_outputs at
+    18) → a 3x3 Conv with a residual Add on the second part → Concat of all three → Conv."""
+    split = {11: "Split <axis = 1, split = [4, 12]> (c1)", 13: "Split <axis = 1> (c1, sp)",
+             18: "Split <axis = 1, num_outputs = 2> (c1)"}[opset]
+    second = 8 if opset == 18 else 12
+    return _model("(float[2,3,8,8] x) => (float[2,4,8,8] y)", f"""
+        s = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, ws, bs)
+        r = Relu (s)
+        c1 = Conv <kernel_shape = [1, 1]> (r, w1, b1)
+        a, b = {split}
+        m = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (b, wm, bm)
+        mr = Relu (m)
+        res = Add (b, mr)
+        cat = Concat <axis = 1> (a, b, res)
+        y = Conv <kernel_shape = [1, 1]> (cat, w2, b2)
+    """, opset, ws=_w(8, 3, 3, 3), bs=_w(8), w1=_w(16, 8, 1, 1), b1=_w(16),
+        wm=_w(second, second, 3, 3), bm=_w(second), w2=_w(4, 16 + second, 1, 1), b2=_w(4),
+        **({"sp": _i(4, 12)} if opset == 13 else {}))
+
+
+def ghost_slice() -> Model:
+    """GhostNet: Conv ‖ its depthwise Conv, sliced to [-16, -4) = [0, 12) → BN → Conv."""
+    return _model("(float[2,3,8,8] x) => (float[2,4,8,8] y)", """
+        p = Conv <kernel_shape = [1, 1]> (x, wp, bp)
+        d = Conv <group = 8, kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (p, wd, bd)
+        cat = Concat <axis = 1> (p, d)
+        sl = Slice (cat, st, en, ax)
+        n = BatchNormalization (sl, g, beta, mean, var)
+        y = Conv <kernel_shape = [1, 1]> (n, wy)
+    """, wp=_w(8, 3, 1, 1), bp=_w(8), wd=_w(8, 1, 3, 3), bd=_w(8), st=_i(-16), en=_i(-4),
+        ax=_i(1), g=_w(12), beta=_w(12), mean=_w(12), var=np.ones(12, np.float32),
+        wy=_w(4, 12, 1, 1))
+
+
+def grouped_block() -> Model:
+    """Conv (16) → BN → grouped Conv (group 4, 4 → 2 per group) → depthwise Conv with a
+    channel multiplier of 2 → Conv: whole groups of 4 of a's channels are pruned."""
+    return _model("(float[2,3,8,8] x) => (float[2,4,8,8] y)", """
+        s = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, ws, bs)
+        r = Relu (s)
+        a = Conv <kernel_shape = [1, 1]> (r, wa, ba)
+        n = BatchNormalization (a, g, beta, mean, var)
+        ra = Relu (n)
+        c = Conv <group = 4, kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (ra, wc, bc)
+        rc = Relu (c)
+        d = Conv <group = 8, kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (rc, wd, bd)
+        y = Conv <kernel_shape = [1, 1]> (d, wy)
+    """, ws=_w(8, 3, 3, 3), bs=_w(8), wa=_w(16, 8, 1, 1), ba=_w(16), g=_w(16), beta=_w(16),
+        mean=_w(16), var=np.ones(16, np.float32), wc=_w(8, 4, 3, 3), bc=_w(8),
+        wd=_w(16, 1, 3, 3), bd=_w(16), wy=_w(4, 16, 1, 1))
+
+
+def swiglu() -> Model:
+    """A fused gate/up MatMul Split on the last axis, gate·sigmoid(gate)·up → MatMul."""
+    return _model("(float[2,5,16] x) => (float[2,5,16] y)", """
+        h = MatMul (x, w1)
+        gate, up = Split <axis = -1> (h, sp)
+        s = Sigmoid (gate)
+        gs = Mul (gate, s)
+        u = Mul (gs, up)
+        y = MatMul (u, w2)
+    """, w1=_w(16, 32), sp=_i(16, 16), w2=_w(16, 16))
+
+
 @pytest.mark.parametrize(("build", "shapes"), [
     (block, {"Conv→s": ((4, 3, 3, 3), 1), "Conv→a": ((8, 4, 3, 3), 1),
              "Conv→b": ((4, 8, 3, 3), 1), "Conv→p": ((2, 4, 1, 1), 1),
@@ -128,7 +198,18 @@ def transformer_mlp() -> Model:
     (reshape_mlp, {"Conv→c": ((4, 3, 1, 1), 1), "MatMul→h": ((36, 4), 1),
                    "MatMul→y": ((4, 5), 1)}),
     (transformer_mlp, {"MatMul→h": ((16, 16), 1), "MatMul→o": ((16, 16), 1)}),
-], ids=["block", "reshape_mlp", "transformer_mlp"])
+    *[(lambda opset=opset: split_block(opset),
+       {"Conv→s": ((4, 3, 3, 3), 1), "Conv→c1": ((8, 4, 1, 1), 1),
+        "Conv→m": ((m, m, 3, 3), 1), "Conv→y": ((4, 8 + m, 1, 1), 1)})
+      for opset, m in ((11, 6), (13, 6), (18, 4))],
+    (ghost_slice, {"Conv→p": ((4, 3, 1, 1), 1), "Conv→d": ((4, 1, 3, 3), 4),
+                   "Conv→y": ((4, 6, 1, 1), 1)}),
+    (grouped_block, {"Conv→s": ((4, 3, 3, 3), 1), "Conv→a": ((8, 4, 1, 1), 1),
+                     "Conv→c": ((4, 4, 3, 3), 2), "Conv→d": ((8, 1, 3, 3), 4),
+                     "Conv→y": ((4, 8, 1, 1), 1)}),
+    (swiglu, {"MatMul→h": ((16, 16), 1), "MatMul→y": ((8, 16), 1)}),
+], ids=["block", "reshape_mlp", "transformer_mlp", "split_opset11", "split_opset13",
+        "split_opset18", "ghost_slice", "grouped", "swiglu"])
 def test_removing_zero_channels_is_exact(build, shapes):
     model = build()
     kept = _zero_half(model)
@@ -140,6 +221,92 @@ def test_removing_zero_channels_is_exact(build, shapes):
         np.testing.assert_array_equal(kept_channels(out.graph.nodes[position[id(node)]]),
                                       layout.positions(kept))
     assert stats["channels_after"] * 2 == stats["channels_before"]
+
+
+def _node(model: Model, label: str) -> gs.Node:
+    return next(n for n in model.graph.nodes if node_label(n) == label)
+
+
+@pytest.mark.parametrize("opset", [11, 13, 18])
+def test_split_sizes_are_rewritten_in_the_form_of_the_opset(opset):
+    model = split_block(opset)
+    _zero_half(model)
+    out, stats = _pruned(model, ratio=0.5, round_to=2, prune_first=True)
+    cut = 8 if opset == 18 else 4
+    assert stats["widths"] == {"Conv→s": "8 → 4", f"Conv→c1[0:{cut}]": f"{cut} → {cut // 2}",
+                               f"Conv→c1[{cut}:16]+Conv→m": f"{16 - cut} → {8 - cut // 2}"}
+    split = _node(out, "Split→a")
+    sizes = [cut // 2, 8 - cut // 2]
+    if opset == 11:
+        assert split.attrs["split"] == sizes
+    else:  # the input, replacing num_outputs at opset 18
+        assert split.inputs[1].values.tolist() == sizes and "num_outputs" not in split.attrs
+    assert out.graph.tensors()["cat"].shape == [2, 8 + sizes[1], 8, 8]
+
+
+def test_slice_bounds_count_the_channels_kept_before_them():
+    model = ghost_slice()
+    _zero_half(model)
+    out, stats = _pruned(model, ratio=0.5, round_to=2, prune_first=True)
+    assert stats["widths"] == {"Conv→p[0:4]": "4 → 2", "Conv→p[4:8]": "4 → 2"}
+    sliced = _node(out, "Slice→sl")
+    assert [sliced.inputs[i].values.tolist() for i in (1, 2)] == [[0], [6]]
+    assert _node(out, "BatchNormalization→n").inputs[1].values.shape == (6,)
+
+
+@pytest.mark.parametrize(("opset", "call", "inits"), [
+    (9, "Slice <starts = [4], ends = [12], axes = [1]> (r)", {}),  # attributes
+    (10, "Slice (r, st, en)", {"st": _i(0, 4, 0, 0), "en": _i(9, -4, 9, 9)}),  # every axis
+])
+def test_slice_bounds_in_attributes_or_without_axes_are_rewritten(opset, call, inits):
+    model = _model("(float[2,3,4,4] x) => (float[2,4,4,4] y)", f"""
+        c = Conv <kernel_shape = [1, 1]> (x, wc, bc)
+        r = Relu (c)
+        v = {call}
+        y = Conv <kernel_shape = [1, 1]> (v, wy)
+    """, opset, wc=_w(16, 3, 1, 1), bc=_w(16), wy=_w(4, 8, 1, 1), **inits)
+    _zero_half(model)
+    out, stats = _pruned(model, ratio=0.5, round_to=2, prune_first=True)
+    assert stats["widths"] == {"Conv→c[0:4]": "4 → 2", "Conv→c[4:12]": "8 → 4",
+                               "Conv→c[12:16]": "4 → 2"}
+    sliced = _node(out, "Slice→v")
+    bounds = ([sliced.attrs["starts"], sliced.attrs["ends"]] if opset == 9 else
+              [sliced.inputs[i].values[1].tolist() for i in (1, 2)])
+    assert bounds == ([[2], [6]] if opset == 9 else [2, 6])
+    assert_same_outputs(model, out, feed_list(model), atol=1e-5)
+
+
+def test_grouped_widths_are_whole_groups_and_multiples_of_round_to():
+    model = _model("(float[1,3,6,6] x) => (float[1,4,6,6] y)", """
+        s = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, ws)
+        a = Conv <kernel_shape = [1, 1]> (s, wa)
+        g = Conv <group = 8, kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (a, wg)
+        y = Conv <kernel_shape = [1, 1]> (g, wy)
+    """, ws=_w(8, 3, 3, 3), wa=_w(32, 8, 1, 1), wg=_w(32, 4, 3, 3), wy=_w(4, 32, 1, 1))
+    out, stats = _pruned(model, ratio=0.3)  # 4 layer channels per block, 8 per step
+    assert stats["widths"] == {"Conv→a": "32 → 24"}
+    assert _layers(out)["Conv→g"] == ((24, 4, 3, 3), 6)
+    run(out, feed_list(out)[0])
+    out, stats = _pruned(model, ratio=0.3, round_to=32)
+    assert stats["skipped"]["Conv→a"] == ("32 channels in blocks of 4: no narrower multiple of "
+                                          "round_to=32 within max_ratio_per_layer=0.5")
+
+
+@pytest.mark.parametrize(("criterion", "kept"), [("l2", [0, 3]), ("l1", [1, 3])])
+def test_a_block_scores_the_norm_of_all_its_channels(criterion, kept):
+    # Blocks of 4 channels of a (group=4 reads 4 each): block 0 has one large filter, block 1
+    # four medium ones; l2 prefers block 0 (2.5² > 4·1.2²), l1 block 1 (4·1.2 > 2.5 + 3·0.1).
+    scale = np.array([[2.5, .1, .1, .1], [1.2, 1.2, 1.2, 1.2], [.5, .5, .5, .5], [3, 3, 3, 3]])
+    wa = np.ones((16, 8, 1, 1), np.float32) * scale.reshape(16, 1, 1, 1).astype(np.float32)
+    model = _model("(float[1,3,6,6] x) => (float[1,4,6,6] y)", """
+        s = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, ws)
+        a = Conv <kernel_shape = [1, 1]> (s, wa)
+        g = Conv <group = 4, kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (a, wg)
+        y = Conv <kernel_shape = [1, 1]> (g, wy)
+    """, ws=_w(8, 3, 3, 3), wa=wa, wg=_w(16, 4, 3, 3), wy=_w(4, 16, 1, 1))
+    out, _ = _pruned(model, ratio=0.5, round_to=4, criterion=criterion)
+    np.testing.assert_array_equal(kept_channels(_node(out, "Conv→a")),
+                                  [4 * b + t for b in kept for t in range(4)])
 
 
 def test_shape_annotations_are_re_inferred():

@@ -21,15 +21,19 @@ from onnxpress.passes.sparsity.coupling import (
 from onnxpress.testing import make_model
 
 RNG = np.random.default_rng(0)
-HEADER = '<ir_version: 8, opset_import: ["": 17]>'
 
 
 def _w(*shape: int) -> np.ndarray:
     return RNG.standard_normal(shape).astype(np.float32)
 
 
-def _model(signature: str, body: str, **inits: np.ndarray) -> Model:
-    return make_model(f"{HEADER}\ng {signature} {{\n{body}\n}}", **inits)
+def _model(signature: str, body: str, opset: int = 17, **inits: np.ndarray) -> Model:
+    return make_model(f'<ir_version: 8, opset_import: ["": {opset}]>\ng {signature} '
+                      f"{{\n{body}\n}}", **inits)
+
+
+def _i(*values: int) -> np.ndarray:
+    return np.array(values, np.int64)
 
 
 def _by_producer(groups: list[ChannelGroup]) -> dict[str, ChannelGroup]:
@@ -174,8 +178,12 @@ def test_transformer_mlp_hidden_width_is_a_group():
 
 @pytest.mark.parametrize(("between", "inits", "reason"), [
     ("m = Softmax <axis = 1> (r)", {}, "Softmax node 'Softmax→m' cannot be mapped"),
-    ("m = Conv <group = 2, kernel_shape = [1, 1]> (r, wg)", {"wg": _w(8, 4, 1, 1)},
-     "(group=2) ties channels in blocks"),
+    ("m = Slice (r, s0, s6, s1, s2)", {"s0": _i(0), "s6": _i(6), "s1": _i(1), "s2": _i(2)},
+     "Slice node 'Slice→m' slices the channel axis with step 2"),
+    ("m = Slice (r, s0, x8s, s1)", {"s0": _i(0), "s1": _i(1)},
+     "Slice node 'Slice→m': its bounds on the channel axis are not constant"),
+    ("m = Split <axis = 1> (r, x8s)", {},
+     "Split node 'Split→m': the split sizes are not constant"),
     ("m = Reshape (r, split)", {"split": np.array([1, 4, 2, 16], np.int64)},
      "splits or moves the channel axis"),
     ("m = Pad (r, chpads)", {"chpads": np.array([0, 1, 0, 0, 0, 1, 0, 0], np.int64)},
@@ -184,7 +192,7 @@ def test_transformer_mlp_hidden_width_is_a_group():
     ("m = MatMul (wm, r)", {"wm": _w(4, 4)}, "MatMul node 'MatMul→m' reads channels as a weight"),
 ])
 def test_unmappable_ops_freeze_the_group_and_name_the_node(between, inits, reason):
-    model = _model("(float[1,3,4,4] x, float[1,8,4,4] x8) => (float y)", f"""
+    model = _model("(float[1,3,4,4] x, float[1,8,4,4] x8, int64[1] x8s) => (float y)", f"""
         c = Conv <kernel_shape = [1, 1]> (x, wc)
         r = Relu (c)
         {between}
@@ -236,3 +244,210 @@ def test_exported_transformer_prunes_the_mlp_and_freezes_attention():
     assert "Reshape node '/layers/layers.0/Reshape'" in groups[
         "/layers/layers.0/qkv/MatMul"].frozen  # the head split
     assert "whose width cannot change" in groups["/layers/layers.0/attn_out/MatMul"].frozen
+
+
+# --------------------------------------------------------------------------------------------
+# Split and Slice on the channel axis: parts of a layer's output
+def c2f(opset: int = 17) -> Model:
+    """YOLOv8's C2f: Conv → Split [6, 10] → bottleneck with a residual on the second part →
+    Concat of both parts and the bottleneck → Conv."""
+    split = {11: "Split <axis = 1, split = [6, 10]> (c1)"}.get(opset, "Split <axis = 1> (c1, sp)")
+    return _model("(float[1,3,8,8] x) => (float[1,4,8,8] y)", f"""
+        s = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, ws)
+        r = Relu (s)
+        c1 = Conv <kernel_shape = [1, 1]> (r, w1, b1)
+        a, b = {split}
+        m = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (b, wm, bm)
+        mr = Relu (m)
+        res = Add (b, mr)
+        cat = Concat <axis = 1> (a, b, res)
+        y = Conv <kernel_shape = [1, 1]> (cat, w2)
+    """, opset, ws=_w(8, 3, 3, 3), w1=_w(16, 8, 1, 1), b1=_w(16), wm=_w(10, 10, 3, 3),
+        bm=_w(10), w2=_w(4, 26, 1, 1), **({"sp": _i(6, 10)} if opset >= 13 else {}))
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+def test_split_cuts_the_producer_into_parts_with_offset_maps(opset):
+    groups = _by_producer(channel_groups(c2f(opset)))
+    assert list(groups) == ["Conv→s", "Conv→c1[0:6]", "Conv→c1[6:16]+Conv→m", "Conv→y"]
+    first, second = groups["Conv→c1[0:6]"], groups["Conv→c1[6:16]+Conv→m"]
+    assert first.channels == 6 and first.frozen is None and first.ranges == [(0, 6)]
+    assert [(node_label(n), m) for n, m in first.consumers] == [("Conv→y", [(0, 1)])]
+    # The second part meets the bottleneck in the residual Add, and the Concat reads it twice.
+    assert second.channels == 10 and second.frozen is None
+    assert [(node_label(n), m) for n, m in second.consumers] == [("Conv→m", [(0, 1)]),
+                                                                 ("Conv→y", [(6, 1), (16, 1)])]
+    assert _names(second.through) == ["Split→a"]
+
+
+@pytest.mark.parametrize(("opset", "split", "inits"), [
+    (11, "Split <axis = 1> (c)", {}),  # no sizes: equal parts
+    (13, "Split <axis = -3> (c)", {}),
+    (13, "Split <axis = 1> (c, sp)", {"sp": _i(8, 8)}),
+    (18, "Split <axis = 1, num_outputs = 2> (c)", {}),
+])
+def test_every_form_of_split_sizes_is_read(opset, split, inits):
+    model = _model("(float[1,3,4,4] x) => (float[1,4,4,4] y)", f"""
+        c = Conv <kernel_shape = [1, 1]> (x, wc)
+        a, b = {split}
+        g = Mul (a, b)
+        y = Conv <kernel_shape = [1, 1]> (g, wy)
+    """, opset, wc=_w(16, 3, 1, 1), wy=_w(4, 8, 1, 1), **inits)
+    halves = channel_groups(model)[0]
+    # Mul couples the two halves: one group, the producer listed once per part.
+    assert halves.label == "Conv→c[0:8]+Conv→c[8:16]" and halves.channels == 8
+    assert halves.frozen is None and _names(c for c, _ in halves.consumers) == ["Conv→y"]
+
+
+def test_split_and_slice_along_another_axis_pass_the_channels_through():
+    model = _model("(float[1,3,4,4] x) => (float[1,4,2,2] y)", """
+        c = Conv <kernel_shape = [1, 1]> (x, wc)
+        t, u = Split <axis = 2> (c, halves)
+        v = Slice (t, zero, two, three)
+        y = Conv <kernel_shape = [1, 1]> (v, wy)
+    """, wc=_w(8, 3, 1, 1), wy=_w(4, 8, 1, 1), halves=_i(2, 2), zero=_i(0), two=_i(2),
+        three=_i(3))
+    group = channel_groups(model)[0]
+    assert group.label == "Conv→c" and group.frozen is None
+    assert group.consumers[0][1] == [(0, 1)]
+
+
+def ghost() -> Model:
+    """GhostNet: a 1x1 Conv and a depthwise Conv of it, concatenated, sliced to 10 channels."""
+    return _model("(float[1,3,8,8] x) => (float[1,4,8,8] y)", """
+        p = Conv <kernel_shape = [1, 1]> (x, wp, bp)
+        d = Conv <group = 6, kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (p, wd, bd)
+        cat = Concat <axis = 1> (p, d)
+        sl = Slice (cat, st, en, ax)
+        y = Conv <kernel_shape = [1, 1]> (sl, wy)
+    """, wp=_w(6, 3, 1, 1), bp=_w(6), wd=_w(6, 1, 3, 3), bd=_w(6), st=_i(0), en=_i(10),
+        ax=_i(1), wy=_w(4, 10, 1, 1))
+
+
+def test_slice_maps_its_offset_range_and_leaves_the_rest_unread():
+    groups = _by_producer(channel_groups(ghost()))
+    # [0, 10) of p ‖ d(p) takes p twice except d's last two channels: p is cut at 4.
+    assert list(groups) == ["Conv→p[0:4]", "Conv→p[4:6]", "Conv→y"]
+    assert groups["Conv→p[0:4]"].consumers[0][1] == [(0, 1), (6, 1)]
+    assert groups["Conv→p[4:6]"].consumers[0][1] == [(4, 1)]  # its depthwise copy is cut off
+    assert _names(groups["Conv→p[4:6]"].through) == ["Conv→d", "Slice→sl"]
+    assert groups["Conv→p[0:4]"].frozen is None and groups["Conv→p[4:6]"].frozen is None
+
+
+def test_slice_bounds_are_normalized():
+    # Negative starts and ends, an end past the width, a negative axis: [4, 12) of 16.
+    model = _model("(float[1,3,4,4] x) => (float[1,4,4,4] y)", """
+        c = Conv <kernel_shape = [1, 1]> (x, wc)
+        v = Slice (c, st, en, ax, one)
+        w = Slice (c, st2, big, ax)
+        g = Mul (v, w)
+        y = Conv <kernel_shape = [1, 1]> (g, wy)
+    """, wc=_w(16, 3, 1, 1), wy=_w(4, 8, 1, 1), st=_i(-12), en=_i(-4), ax=_i(-3), one=_i(1),
+        st2=_i(8), big=_i(2**62))
+    groups = _by_producer(channel_groups(model))
+    assert list(groups) == ["Conv→c[0:4]", "Conv→c[4:8]+Conv→c[8:12]+Conv→c[12:16]", "Conv→y"]
+    assert groups["Conv→c[0:4]"].consumers == []  # never read: prunable for free
+    coupled = groups["Conv→c[4:8]+Conv→c[8:12]+Conv→c[12:16]"]
+    assert coupled.channels == 4 and coupled.frozen is None
+
+
+def test_a_cut_through_a_flattened_channel_freezes_the_group():
+    model = _model("(float[1,3,2,2] x) => (float[1,6] y)", """
+        c = Conv <kernel_shape = [1, 1]> (x, wc)
+        f = Flatten (c)
+        a, b = Split <axis = 1> (f, sp)
+        y = Gemm <transB = 1> (a, wy)
+    """, wc=_w(4, 3, 1, 1), sp=_i(6, 10), wy=_w(6, 6))
+    group = channel_groups(model)[0]
+    assert group.label == "Conv→c"
+    assert group.frozen == "Split node 'Split→a' cuts through a channel's 4 positions (at 2)"
+
+
+def test_splits_of_splits_are_learnt_over_several_sweeps():
+    model = _model("(float[1,3,4,4] x) => (float[1,4,4,4] y)", """
+        c = Conv <kernel_shape = [1, 1]> (x, wc)
+        a, b = Split <axis = 1> (c, half)
+        e, f = Split <axis = 1> (b, quarter)
+        g = Mul (e, f)
+        h = Concat <axis = 1> (a, g)
+        y = Conv <kernel_shape = [1, 1]> (h, wy)
+    """, wc=_w(16, 3, 1, 1), half=_i(8, 8), quarter=_i(4, 4), wy=_w(4, 12, 1, 1))
+    groups = _by_producer(channel_groups(model))
+    assert list(groups) == ["Conv→c[0:8]", "Conv→c[8:12]+Conv→c[12:16]", "Conv→y"]
+    assert groups["Conv→c[8:12]+Conv→c[12:16]"].consumers[0][1] == [(8, 1)]
+
+
+# --------------------------------------------------------------------------------------------
+# Grouped Conv: whole groups
+def grouped() -> Model:
+    """Conv (16) → grouped Conv (group 4: 4 → 2 channels per group) → depthwise Conv with a
+    channel multiplier of 2 → Conv."""
+    return _model("(float[1,3,8,8] x) => (float[1,4,8,8] y)", """
+        a = Conv <kernel_shape = [1, 1]> (x, wa, ba)
+        ra = Relu (a)
+        g = Conv <group = 4, kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (ra, wg, bg)
+        rg = Relu (g)
+        d = Conv <group = 8, kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (rg, wd, bd)
+        y = Conv <kernel_shape = [1, 1]> (d, wy)
+    """, wa=_w(16, 3, 1, 1), ba=_w(16), wg=_w(8, 4, 3, 3), bg=_w(8), wd=_w(16, 1, 3, 3),
+        bd=_w(16), wy=_w(4, 16, 1, 1))
+
+
+def test_grouped_conv_passes_whole_groups_through():
+    group, out = channel_groups(grouped())
+    assert group.label == "Conv→a" and group.frozen is None
+    assert (group.channels, group.unit) == (4, 4)  # one channel of the group: 4 of a's
+    assert _names(group.through) == ["Conv→g", "Conv→d"]
+    # 4 → 2 channels per conv group, then ×2 again: each group channel is 4 of y's inputs.
+    assert group.consumers[0][1] == [(0, 4)]
+    assert out.frozen == "reaches graph output 'y'"
+    assert group.describe().startswith("4 blocks of 4 ch — out of Conv→a")
+
+
+def test_grouped_conv_edits_slice_its_output_axis_and_divide_group():
+    edits = [e for e in analyze(grouped()).edits if node_label(e.node) == "Conv→g"]
+    assert [(type(e).__name__, getattr(e, "index", None)) for e in edits] == [
+        ("SliceInput", 1), ("SetGroup", None), ("SliceInput", 2)]
+    assert edits[0].layout.segments[0].stride == 2 and edits[1].per_group == 4
+
+
+def test_grouped_conv_blocks_apply_to_every_producer_it_reads():
+    model = _model("(float[1,3,4,4] x) => (float[1,4,4,4] y)", """
+        a = Conv <kernel_shape = [1, 1]> (x, wa)
+        b = Conv <kernel_shape = [1, 1]> (x, wb)
+        c = Concat <axis = 1> (a, b)
+        g = Conv <group = 4, kernel_shape = [1, 1]> (c, wg)
+        y = Conv <kernel_shape = [1, 1]> (g, wy)
+    """, wa=_w(8, 3, 1, 1), wb=_w(8, 3, 1, 1), wg=_w(8, 4, 1, 1), wy=_w(4, 8, 1, 1))
+    groups = _by_producer(channel_groups(model))
+    assert [(g.channels, g.unit) for g in (groups["Conv→a"], groups["Conv→b"])] == [(2, 4)] * 2
+    assert groups["Conv→b"].consumers[0][1] == [(4, 2)]
+
+
+def test_a_conv_group_straddling_two_producers_freezes_both():
+    model = _model("(float[1,3,4,4] x) => (float[1,4,4,4] y)", """
+        a = Conv <kernel_shape = [1, 1]> (x, wa)
+        b = Conv <kernel_shape = [1, 1]> (x, wb)
+        c = Concat <axis = 1> (a, b)
+        g = Conv <group = 4, kernel_shape = [1, 1]> (c, wg)
+        y = Conv <kernel_shape = [1, 1]> (g, wy)
+    """, wa=_w(6, 3, 1, 1), wb=_w(10, 3, 1, 1), wg=_w(8, 4, 1, 1), wy=_w(4, 8, 1, 1))
+    groups = _by_producer(channel_groups(model))
+    reason = ("Conv node 'Conv→g' (group=4) has a group of 4 input channels straddling two "
+              "channel groups")
+    assert groups["Conv→a"].frozen == reason == groups["Conv→b"].frozen
+
+
+def test_a_cut_inside_a_block_freezes_the_producer_naming_both_nodes():
+    model = _model("(float[1,3,4,4] x) => (float[1,4,4,4] y, float[1,4,4,4] z)", """
+        a = Conv <kernel_shape = [1, 1]> (x, wa)
+        g = Conv <group = 4, kernel_shape = [1, 1]> (a, wg)
+        y = Conv <kernel_shape = [1, 1]> (g, wy)
+        s = Slice (a, zero, two, one)
+        z = Conv <kernel_shape = [1, 1]> (s, wz)
+    """, wa=_w(16, 3, 1, 1), wg=_w(8, 4, 1, 1), wy=_w(4, 8, 1, 1), wz=_w(4, 2, 1, 1),
+        zero=_i(0), two=_i(2), one=_i(1))
+    group = channel_groups(model)[0]
+    assert group.label == "Conv→a" and group.channels == 16  # one unrefined space
+    assert group.frozen.startswith("Slice node 'Slice→s' cuts 'Conv→a' at channel 2, inside a "
+                                   "block of 4 channels that Conv node 'Conv→g' prunes whole")

@@ -137,6 +137,30 @@ def test_reconstruct_shrinks_the_error_pruning_left():
     assert all(after <= before for before, after in stats["error"].values())
 
 
+def test_split_parts_and_whole_conv_groups_are_refitted_after_pruning():
+    _w = _weights(4)
+    teacher = make_model(f"""{HEADER}
+    split (float[N,3,8,8] x) => (float[N,6,8,8] y) {{
+        a = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, wa, ba)
+        ra = Relu (a)
+        p, q = Split <axis = 1> (ra, sp)
+        g = Conv <group = 4, kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (q, wg, bg)
+        rg = Relu (g)
+        cat = Concat <axis = 1> (p, rg)
+        y = Conv <kernel_shape = [1, 1]> (cat, wy, by)
+    }}""", wa=_w(32, 3, 3, 3), ba=_w(32), sp=np.array([16, 16]), wg=_w(16, 4, 3, 3) / 6,
+        bg=_w(16), wy=_w(6, 32, 1, 1) / 4, by=_w(6))
+    pruned = ox.optimize(teacher, [PruneChannels(ratio=0.5, round_to=4, prune_first=True)])
+    assert pruned.report["prune-channels"].stats["widths"] == {
+        "Conv→a[0:16]": "16 → 8", "Conv→a[16:32]": "16 → 8"}
+    held_out = _data(teacher, 64, seed=7).arrays
+    student, stats = _reconstruct(pruned.copy(), teacher, _data(teacher, 256))
+    # The grouped Conv (2 of its 4 groups left) is refitted against the teacher's channels.
+    assert stats["skipped"] == {} and set(stats["error"]) == {"Conv→a", "Conv→g", "Conv→y"}
+    assert _relative_error(student, teacher, held_out) < 0.8 * _relative_error(
+        pruned, teacher, held_out)
+
+
 def test_layers_the_teacher_lacks_are_skipped_with_the_reason():
     teacher = ox.load(demo.model_path())
     student = teacher.copy()
