@@ -2,6 +2,7 @@
 
     python benchmarks/calibration.py                      # the demo model and EDGE_MODEL
     python benchmarks/calibration.py model.onnx --data calib.npz --scale 1 10
+    python benchmarks/calibration.py --quick              # smoke test: one run, data ×1
 
 For each model, data size and method (minmax, percentile, entropy) both tools calibrate the
 same activations on the same batches, and the script prints one Markdown table: wall time,
@@ -14,11 +15,12 @@ Fairness:
 - Every measurement runs in a fresh subprocess, so neither tool inherits the other's heap,
   onnxruntime arenas or warm caches; each tool's cost includes building its probe / augmented
   model and session, every batch, and the range computation.
-- Peak memory is the growth of resident memory during calibration: the kernel's high-water
-  mark (VmHWM, reset through /proc/self/clear_refs just before calibrating) minus the resident
-  size at that moment, after imports and data loading. Unlike tracemalloc it counts
-  onnxruntime's native allocations, which both tools make. Without /proc (not Linux) the
-  process-lifetime ru_maxrss is used instead, which can only overstate the growth.
+- Peak memory is the growth of resident memory during calibration (`common.measured`): the
+  kernel's high-water mark (VmHWM, reset through /proc/self/clear_refs just before
+  calibrating) minus the resident size at that moment, after imports and data loading. Unlike
+  tracemalloc it counts onnxruntime's native allocations, which both tools make. Without /proc
+  (not Linux) the process-lifetime ru_maxrss is used instead, which can only overstate the
+  growth.
 - Same inputs: batch size 32, the same op types (onnxruntime's ``op_types_to_calibrate`` is
   our `QUANTIZABLE_OPS`, so both pick the float inputs/outputs of the same nodes), 2048
   histogram bins and percentile 99.999 for both. onnxruntime's entropy calibrator is run twice:
@@ -33,14 +35,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+import common
 import numpy as np
 
 METHODS = ("minmax", "percentile", "entropy")
@@ -75,28 +74,6 @@ RUNS = (
 
 # --------------------------------------------------------------------------------------------
 # Child process: one measurement
-def _status_kib(field: str) -> int | None:
-    try:
-        match = re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text())
-    except OSError:
-        return None
-    return int(match.group(1)) if match else None
-
-
-def _reset_peak() -> bool:
-    """Reset the resident high-water mark (Linux ≥ 4.0); False if unavailable."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return _status_kib("VmHWM") is not None
-
-
-def _peak_growth_mib(before_kib: int, reset: bool) -> float:
-    peak = _status_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return max(peak - before_kib, 0) / 1024
-
-
 def _load_arrays(data: str | None, model_path: str, samples: int, scale: int
                  ) -> dict[str, np.ndarray]:
     from onnxpress.ir import load
@@ -162,18 +139,15 @@ def measure(tool: str, method: str, options: dict, model_path: str, data: str | 
         import onnxruntime.quantization.calibrate  # noqa: F401
     import onnxpress.passes.calibrate  # noqa: F401
 
-    reset = _reset_peak()
-    before = _status_kib("VmRSS") or 0
-    start = time.perf_counter()
     result: dict = {"samples": len(next(iter(arrays.values())))}
-    try:
-        ranges = (_ours(model_path, arrays, method) if tool == "onnxpress"
-                  else _onnxruntime(model_path, arrays, method, options))
-        result["ranges"] = ranges
-    except Exception as e:  # noqa: BLE001 (onnxruntime's calibrators fail in assorted types)
-        result["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:120]
-    result["seconds"] = time.perf_counter() - start
-    result["peak_mib"] = _peak_growth_mib(before, reset)
+    with common.measured() as cost:
+        try:
+            ranges = (_ours(model_path, arrays, method) if tool == "onnxpress"
+                      else _onnxruntime(model_path, arrays, method, options))
+            result["ranges"] = ranges
+        except Exception as e:  # noqa: BLE001 (onnxruntime's calibrators fail in assorted types)
+            result["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:120]
+    result["seconds"], result["peak_mib"] = cost.seconds, cost.peak_mib
     return result
 
 
@@ -181,23 +155,20 @@ def measure(tool: str, method: str, options: dict, model_path: str, data: str | 
 # Parent process: run every measurement in a subprocess and tabulate
 def _spawn(tool: str, method: str, options: dict, model: str, data: str | None,
            samples: int, scale: int) -> dict:
-    argv = [sys.executable, str(Path(__file__).resolve()), "--one", json.dumps([tool, method, options, model, data,
-                                                          samples, scale])]
-    done = subprocess.run(argv, capture_output=True, text=True, check=False,
-                          cwd=tempfile.gettempdir())  # ORT's calibrator may write to cwd
-    if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"crashed: {tail[:120]}", "seconds": float("nan"),
-                "peak_mib": float("nan"), "samples": 0}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    child = common.run_child(__file__, [tool, method, options, model, data, samples, scale],
+                             cwd=tempfile.gettempdir())  # ORT's calibrator may write to cwd
+    if child.returncode != 0 or child.result is None:
+        return {"error": f"crashed: {(child.stderr_tail or 'no output')[:120]}",
+                "seconds": float("nan"), "peak_mib": float("nan"), "samples": 0}
+    return child.result
 
 
 def _delta(theirs: dict, ours: dict) -> str:
-    common = [n for n in ours if n in theirs and max(map(abs, ours[n])) > 0]
-    if not common:
+    shared = [n for n in ours if n in theirs and max(map(abs, ours[n])) > 0]
+    if not shared:
         return "–"
     rel = [abs(max(map(abs, theirs[n])) - max(map(abs, ours[n]))) / max(map(abs, ours[n]))
-           for n in common]
+           for n in shared]
     return f"{np.median(rel):.1%}"
 
 
@@ -211,10 +182,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale", type=int, nargs="+", default=[1, 10],
                         help="tile the data this many times (one row group per value)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (median)")
-    parser.add_argument("--one", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.one:
-        print(json.dumps(measure(*json.loads(args.one))))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = common.parse_args(parser, argv, repeat=1, scale=[1], samples=64)
+    if args.child:
+        common.reply(measure(*json.loads(args.child)))
         return
 
     from onnxpress import demo
@@ -225,8 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         Path(folder.name) / "edge_fp16_small_range.onnx")
     models = ([str(Path(m).resolve()) for m in args.models]
               or [str(demo.model_path()), str(edge)])
-    rows = [("| model | samples | method | tool | time (s) | peak memory growth (MiB) | "
-             "tensors | Δ amax vs ours | error |"), "|---|---:|---|---|---:|---:|---:|---:|---|"]
+    rows = []
     for model in models:
         data = (str(Path(args.data).resolve()) if args.data else
                 str(Path(demo.__file__).parent / "digits_calib.npz")
@@ -243,13 +213,14 @@ def main(argv: list[str] | None = None) -> None:
                     ours[method] = ranges
                 print(f"{Path(model).name} ×{scale} {method} {label}: "
                       f"{r['seconds']:.2f} s, {r['peak_mib']:.1f} MiB", file=sys.stderr)
-                rows.append(
-                    f"| {Path(model).name} | {r['samples']} | {method} | "
-                    f"{label} | {r['seconds']:.2f} | {r['peak_mib']:.1f} | "
-                    f"{len(ranges) or '–'} | "
-                    f"{_delta(ranges, ours.get(method, {})) if tool != 'onnxpress' else '–'} | "
-                    f"{r.get('error', '')} |")
-    print("\n".join(rows))
+                rows.append([
+                    Path(model).name, str(r["samples"]), method, label, f"{r['seconds']:.2f}",
+                    f"{r['peak_mib']:.1f}", str(len(ranges) or "–"),
+                    _delta(ranges, ours.get(method, {})) if tool != "onnxpress" else "–",
+                    r.get("error", "")])
+    print(common.markdown_table(["model", "samples", "method", "tool", "time (s)",
+                                 "peak memory growth (MiB)", "tensors", "Δ amax vs ours",
+                                 "error"], rows, "lrllrrrrl"))
     folder.cleanup()
 
 

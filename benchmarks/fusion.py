@@ -3,6 +3,7 @@
     python benchmarks/fusion.py                        # both models, 3-5 minutes on 2 cores
     python benchmarks/fusion.py --only digits          # under a minute
     python benchmarks/fusion.py --runs 50 --no-control # quicker, noisier
+    python benchmarks/fusion.py --quick                # smoke test: 5 runs per session
 
 Two models, one Markdown table each, everything measured in this one process:
 
@@ -29,7 +30,7 @@ Each table shows, for the original and the fused model and their ratio fused / o
 
 Fairness of the latency numbers: all sessions of one batch size (original / fused / original
 again × BASIC / ALL) are created up front and warmed up, then take turns run by run in a
-random order per pass (`time_interleaved`), so machine noise (another process, a frequency
+random order per pass (`latency_rows`), so machine noise (another process, a frequency
 change) lands on all of them alike. Only ``session.run`` is timed; the feeds are built once.
 """
 
@@ -37,9 +38,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime
-import importlib.util
-import json
 import os
 import platform
 import sys
@@ -47,19 +45,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import common
+import minilm_data
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the checkout's onnxpress, even when another one is installed
+sys.path.insert(0, str(common.ROOT))  # the checkout's onnxpress, even when another one is installed
 
 import onnxpress
 from onnxpress import demo
 from onnxpress.runtime.session import LEVELS, session
 
 THREADS = 2
-MINILM_SCRIPT = ROOT / "models" / "minilm.py"
 #: Ops whose counts show what fusion did (and Constant, which cleanup turns into initializers).
 HISTOGRAM_OPS = ("LayerNormalization", "Gelu", "BatchNormalization", "Gemm", "MatMul", "Erf",
                  "ReduceMean", "Constant")
@@ -72,37 +70,15 @@ ORT_FUSED_DEFAULT_OPS = ("LayerNormalization", "Gelu")
 # Machine and models
 def machine_facts() -> str:
     """CPU model, cores, versions and date, as Markdown bullet points."""
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        cpu = platform.processor() or "unknown"
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return "\n".join([
-        f"- CPU: {cpu}; {os.cpu_count()} logical cores ({usable} usable by this process)",
+        (f"- CPU: {common.cpu_model()}; {os.cpu_count()} logical cores ({usable} usable by "
+         "this process)"),
         (f"- onnxruntime {ort.__version__} (CPUExecutionProvider), onnx {onnx.__version__}, "
          f"onnxpress {onnxpress.__version__}, Python {platform.python_version()}"),
         f"- {THREADS} intra-op threads, 1 inter-op thread",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- date: {common.utc_now()}",
     ])
-
-
-def minilm_module():
-    """``models/minilm.py`` as a module (the package must not depend on it; benchmarks may)."""
-    spec = importlib.util.spec_from_file_location("minilm_build", MINILM_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def ensure_minilm(minilm) -> None:
-    """Build models/build/minilm.onnx and its sentences if either is missing."""
-    if not (minilm.MODEL_PATH.exists() and minilm.SENTENCES_PATH.exists()):
-        print(f"building {minilm.MODEL_PATH} (once; takes a minute or two) ...", file=sys.stderr)
-        minilm.main()
 
 
 def op_histogram(proto: onnx.ModelProto, qualified: bool = False) -> collections.Counter:
@@ -129,42 +105,16 @@ def ort_optimized(model_bytes: bytes, level: str, workdir: Path) -> collections.
 
 # ------------------------------------------------------------------------------------------
 # Latency
-def time_interleaved(sessions: dict, feed: dict, *, runs: int, warmup: int,
-                     min_seconds: float) -> dict[object, np.ndarray]:
-    """Seconds per ``run`` of each session, the sessions alternating run by run.
-
-    After `warmup` untimed runs each, the sessions take turns: every pass times one ``run``
-    of each session, in a fresh random order (fixed seed). Consecutive samples of different
-    sessions are milliseconds apart, so a slow phase of the machine hits them all, and no
-    session always follows the same one (whose caches and threads it would inherit). There
-    are `runs` passes, more if needed for each session to get about `min_seconds` of timed
-    runs (estimated from the slowest session's warm-up median): a model that runs in
-    microseconds then gets thousands of samples for the same wall time.
-    """
-    slowest = 0.0
-    for sess in sessions.values():
-        later = []  # the first runs allocate; estimate from the later ones, by their median
-        for i in range(warmup):
-            start = time.perf_counter()
-            sess.run(None, feed)
-            if i >= warmup // 2:
-                later.append(time.perf_counter() - start)
-        slowest = max(slowest, float(np.median(later)) if later else 0.0)
-    runs = max(runs, int(min_seconds / slowest) if slowest else runs)
-    names = list(sessions)
-    times = {name: np.empty(runs) for name in names}
-    rng = np.random.default_rng(0)
-    for i in range(runs):
-        for k in rng.permutation(len(names)):
-            sess = sessions[names[k]]
-            start = time.perf_counter()
-            sess.run(None, feed)
-            times[names[k]][i] = time.perf_counter() - start
-    return times
-
-
 def latency_rows(original: bytes, fused: bytes, feed: dict, label: str, args) -> list[list[str]]:
     """Median and p90 rows, per onnxruntime level, for one batch size.
+
+    After `args.warmup` untimed runs each, the sessions take turns run by run: every pass
+    times one ``run`` of each session, in a fresh random order (fixed seed). Consecutive
+    samples of different sessions are milliseconds apart, so a slow phase of the machine hits
+    them all, and no session always follows the same one (whose caches and threads it would
+    inherit). There are `args.runs` passes, more if needed for each session to get about
+    `args.min_seconds` of timed runs (estimated from the slowest session's warm-up median): a
+    model that runs in microseconds then gets thousands of samples for the same wall time.
 
     With `args.control`, a second, independent session of the original model takes its turns
     with the others; its median over the first session's, in the last column, is the noise floor of
@@ -179,9 +129,9 @@ def latency_rows(original: bytes, fused: bytes, feed: dict, label: str, args) ->
         kinds.append(("original again", original))
     sessions = {(kind, level): session(model, "cpu", threads=THREADS, optimize=level)
                 for level in ("basic", "all") for kind, model in kinds}
-    times = time_interleaved(sessions, feed, runs=args.runs, warmup=args.warmup,
-                             min_seconds=args.min_seconds)
-    n = len(next(iter(times.values())))
+    slowest = max(common.warm_up(sessions, feed, args.warmup).values())
+    n = max(args.runs, int(args.min_seconds / slowest) if slowest else args.runs)
+    times = common.time_rounds(sessions, feed, n)  # one run per session and pass: paired by index
     rows = [[f"{label}: timed runs per model and level", str(n), str(n), ""]]
     for level, level_name in (("basic", "ORT_ENABLE_BASIC"), ("all", "ORT_ENABLE_ALL")):
         t0, t1 = times["original", level], times["fused", level]
@@ -202,10 +152,21 @@ def latency_rows(original: bytes, fused: bytes, feed: dict, label: str, args) ->
 
 # ------------------------------------------------------------------------------------------
 # Tables
-def structure_rows(original: onnx.ModelProto, fused: onnx.ModelProto, original_size: int,
-                   fused_size: int, original_bytes: bytes, fused_bytes: bytes,
-                   workdir: Path) -> list[list[str]]:
+def fuse(path: Path, workdir: Path) -> tuple[Path, float]:
+    """``onnxpress.optimize(path, ["fuse"])`` saved into `workdir`: its path, the pass's seconds."""
+    start = time.perf_counter()
+    fused_model = onnxpress.optimize(path, ["fuse"])
+    seconds = time.perf_counter() - start
+    fused_path = workdir / f"{path.stem}.fused.onnx"
+    fused_model.save(fused_path)
+    return fused_path, seconds
+
+
+def structure_rows(original_path: Path, fused_path: Path, workdir: Path) -> list[list[str]]:
     """Node counts, op histogram, file size and onnxruntime's optimized graphs."""
+    original, fused = onnx.load(str(original_path)), onnx.load(str(fused_path))
+    original_size, fused_size = original_path.stat().st_size, fused_path.stat().st_size
+    original_bytes, fused_bytes = original_path.read_bytes(), fused_path.read_bytes()
     h0, h1 = op_histogram(original), op_histogram(fused)
     rows = [["nodes", str(sum(h0.values())), str(sum(h1.values())),
              ratio(sum(h1.values()), sum(h0.values()))]]
@@ -237,16 +198,9 @@ def ratio(a: float, b: float) -> str:
 
 def markdown(title: str, rows: list[list[str]]) -> str:
     """One Markdown table under a ``###`` title; short rows are padded with empty cells."""
-    header = (f"### {title}\n\n| | original | fused | fused / original "
-              "| noise floor: original, 2nd session / 1st |\n|---|---:|---:|---:|---:|")
-    return "\n".join([header] + ["| " + " | ".join(row + [""] * (5 - len(row))) + " |"
-                                  for row in rows])
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine similarity, computed in float64."""
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return f"### {title}\n\n" + common.markdown_table(
+        ["", "original", "fused", "fused / original", "noise floor: original, 2nd session / 1st"],
+        rows, "lrrrr")
 
 
 # ------------------------------------------------------------------------------------------
@@ -254,13 +208,9 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def bench_digits(workdir: Path, args) -> str:
     """The digits CNN's table: structure, latency at batch 1 and 64, top-1 accuracy."""
     path = demo.model_path()
-    fused_model = onnxpress.optimize(path, ["fuse"])
-    fused_path = workdir / "digits.fused.onnx"
-    fused_model.save(fused_path)
+    fused_path, _ = fuse(path, workdir)
     original_bytes, fused_bytes = path.read_bytes(), fused_path.read_bytes()
-    rows = structure_rows(onnx.load(str(path)), onnx.load(str(fused_path)),
-                          path.stat().st_size, fused_path.stat().st_size,
-                          original_bytes, fused_bytes, workdir)
+    rows = structure_rows(path, fused_path, workdir)
 
     images = next(iter(demo.test_data().batches(10**9)))["input"]
     labels = demo.test_labels()
@@ -284,35 +234,28 @@ def bench_digits(workdir: Path, args) -> str:
 
 def bench_minilm(workdir: Path, args) -> str:
     """MiniLM's table: structure, latency at batch 1 and 32, embedding cosine."""
-    minilm = minilm_module()
-    ensure_minilm(minilm)
-    path = minilm.MODEL_PATH
-    start = time.perf_counter()
-    fused_model = onnxpress.optimize(path, ["fuse"])
-    fuse_seconds = time.perf_counter() - start
-    fused_path = workdir / "minilm.fused.onnx"
-    fused_model.save(fused_path)
+    minilm = minilm_data.load()
+    path = minilm.path
+    fused_path, fuse_seconds = fuse(path, workdir)
     original_bytes, fused_bytes = path.read_bytes(), fused_path.read_bytes()
-    rows = structure_rows(onnx.load(str(path)), onnx.load(str(fused_path)),
-                          path.stat().st_size, fused_path.stat().st_size,
-                          original_bytes, fused_bytes, workdir)
+    rows = structure_rows(path, fused_path, workdir)
     rows.append(["`fuse` pass time (s)", "", f"{fuse_seconds:.1f}", ""])
 
-    sentences = json.loads(minilm.SENTENCES_PATH.read_text(encoding="utf-8"))["evaluation"]
+    sentences = minilm.evaluation
     for batch in (1, 32):
         feed = minilm.tokenize(sentences[:batch])
         seq = feed["input_ids"].shape[1]
         rows += latency_rows(original_bytes, fused_bytes, feed, f"batch {batch} (seq {seq})",
                              args)
 
+    feeds = minilm.feeds(sentences)
     for level, level_name in (("off", "graph as written"), ("all", "ORT_ENABLE_ALL")):
         embeddings = []
         for model in (original_bytes, fused_bytes):
             sess = session(model, "cpu", threads=THREADS, optimize=level)
-            embeddings.append(np.concatenate([
-                sess.run(["sentence_embedding"], minilm.tokenize(sentences[i:i + 32]))[0]
-                for i in range(0, len(sentences), 32)]))
-        cos = cosines(*embeddings)
+            embeddings.append(np.concatenate([sess.run(["sentence_embedding"], feed)[0]
+                                              for feed in feeds]))
+        cos = minilm_data.cosines(*embeddings)
         err = float(np.abs(embeddings[0] - embeddings[1]).max())
         rows.append([(f"embedding cosine fused vs original, {len(sentences)} sentences "
                       f"({level_name})"), "", f"min {cos.min():.8f}, mean {cos.mean():.8f}",
@@ -335,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="skip the A/A noise-floor session (a second session of the "
                              "original model); saves a third of the timing")
     parser.add_argument("--only", choices=("digits", "minilm"), help="one model only")
-    args = parser.parse_args(argv)
+    args = common.parse_args(parser, argv, runs=5, warmup=2, min_seconds=0)
 
     start = time.perf_counter()
     print(machine_facts())
@@ -344,16 +287,17 @@ def main(argv: list[str] | None = None) -> None:
           f"sessions of a batch size (original / fused"
           f"{' / original again' if args.control else ''} × BASIC / ALL) alternate run by "
           "run, in a random order each pass")
-    if hasattr(os, "getloadavg"):
-        print(f"- load average at start: {os.getloadavg()[0]:.2f} (1 min)")
+    if (load := common.load_average()) is not None:
+        print(f"- load average at start: {load:.2f} (1 min)")
     print()
     with tempfile.TemporaryDirectory(prefix="onnxpress-fusion-") as tmp:
         if args.only in (None, "digits"):
             print(bench_digits(Path(tmp), args), end="\n\n", flush=True)
         if args.only in (None, "minilm"):
             print(bench_minilm(Path(tmp), args), end="\n\n", flush=True)
-    load = f", load average {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
-    print(f"(benchmark wall time {time.perf_counter() - start:.0f} s{load})")
+    load = common.load_average()
+    print(f"(benchmark wall time {time.perf_counter() - start:.0f} s"
+          + ("" if load is None else f", load average {load:.2f}") + ")")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python benchmarks/quantization.py               # all three models, ~8-10 minutes on 2 cores
     python benchmarks/quantization.py --only digits --no-write   # a quick look, not recorded
+    python benchmarks/quantization.py --quick       # smoke test: little data, short timing
 
 Models (one Markdown table each):
 
@@ -43,7 +44,7 @@ Fairness:
   ``quant_pre_process`` is timed apart. Memory is the growth of resident memory during that
   call: the kernel's high-water mark (VmHWM, reset through ``/proc/self/clear_refs`` just
   before) minus the resident size at that moment, after imports and data loading, so
-  onnxruntime's native allocations count too.
+  onnxruntime's native allocations count too (`common.measured`).
 - Latency: every session (``CPUExecutionProvider``, ``ORT_ENABLE_ALL``, `THREADS` intra-op
   threads, sequential execution) is created and warmed up first, then timed in rounds; in
   each round every variant runs a block of calls lasting ~`BLOCK_S` (one call for slow
@@ -62,8 +63,6 @@ import json
 import math
 import os
 import platform
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -71,12 +70,9 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import common
+import minilm_data
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-MINILM_DIR = ROOT / "models" / "build"
-MINILM_SCRIPT = ROOT / "models" / "minilm.py"
 
 THREADS = 2
 ROUNDS = 10            # at least this many rounds, whatever the budget
@@ -87,10 +83,11 @@ BUDGET_S = 1.0         # timed seconds per variant and batch size (MIN_RUNS wins
 #: the previous session's spinning intra-op threads (onnxruntime's default) steal the CPU
 #: from the next one: measured 10-30x slowdowns of some variants with 1-call blocks.
 BLOCK_S = 0.05
+#: ``--quick``: calibration / evaluation samples per model (and `QUICK_TIMING`).
+QUICK_SAMPLES = 64
 CALIBRATION_BATCH = 32
 LARGE_BATCH = {"digits": 64, "resnet32": 64, "minilm": 32}
 SECTION = "## Quantization"
-BEGIN, END = "<!-- benchmarks/quantization.py: begin -->", "<!-- benchmarks/quantization.py: end -->"
 
 #: Child jobs of one model: (label, job). Calibration methods onnxruntime runs for static.
 ORT_METHODS = ("MinMax", "Percentile", "Entropy")
@@ -99,22 +96,6 @@ OURS = "onnxpress int8-cpu (percentile)"
 
 # ============================================================================================
 # Child process: one quantization, measured
-def _status_kib(field_name: str) -> int | None:
-    try:
-        match = re.search(rf"{field_name}:\s+(\d+) kB", Path("/proc/self/status").read_text())
-    except OSError:
-        return None
-    return int(match.group(1)) if match else None
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def load_batches(path: Path) -> list[dict[str, np.ndarray]]:
     """Feed dicts saved by `save_batches` (keys ``"<index>/<input name>"``)."""
     with np.load(path) as npz:
@@ -134,7 +115,7 @@ def _child(job: dict) -> dict:
     """Run one quantization job; return time, memory growth and the error, if any."""
     batches = load_batches(Path(job["data"])) if job.get("data") else None
     if job["tool"] == "onnxpress":
-        sys.path.insert(0, str(ROOT))
+        sys.path.insert(0, str(common.ROOT))
         import onnxpress as ox
         from onnxpress.passes.calibrate import Calibrate
         from onnxpress.recipes import RECIPES
@@ -186,21 +167,14 @@ def _child(job: dict) -> dict:
             def work():
                 static(job["out"], "U8", Reader())
 
-    rss = _status_kib("VmRSS")
-    exact = _reset_peak()
-    start = time.perf_counter()
     error = None
-    try:
-        work()
-    except Exception as e:  # noqa: BLE001 (the tools under test fail in assorted types)
-        error = f"{type(e).__name__}: {e}".strip().splitlines()[-1][:300]
-        traceback.print_exc(file=sys.stderr)
-    seconds = time.perf_counter() - start
-    peak = _status_kib("VmHWM") if exact else None
-    if peak is None or rss is None:
-        import resource
-        peak, rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, 0
-    result = {"seconds": seconds, "peak_mib": max(peak - rss, 0) / 1024, "error": error}
+    with common.measured() as cost:
+        try:
+            work()
+        except Exception as e:  # noqa: BLE001 (the tools under test fail in assorted types)
+            error = f"{type(e).__name__}: {e}".strip().splitlines()[-1][:300]
+            traceback.print_exc(file=sys.stderr)
+    result = {"seconds": cost.seconds, "peak_mib": cost.peak_mib, "error": error}
     if error is None and job["tool"] == "onnxruntime" and job["kind"] == "static":
         try:  # S8/S8 from the same ranges (calibration_cache_path), not measured
             static(job["out_s8"], "S8", None)
@@ -209,19 +183,16 @@ def _child(job: dict) -> dict:
     return result
 
 
-def run_child(job: dict, log) -> dict:
+def quantize_in_child(job: dict, log) -> dict:
     """`job` in a fresh interpreter; its JSON result."""
     # cwd: onnxruntime's symbolic shape inference drops temporary files in the working
     # directory (and leaves them behind when it fails); keep them in our temporary folder.
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child",
-                           json.dumps(job)], capture_output=True, text=True,
-                          cwd=Path(job["out"]).parent, check=False)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if not lines:
-        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+    child = common.run_child(__file__, job, cwd=Path(job["out"]).parent)
+    if child.result is None:
         return {"seconds": math.nan, "peak_mib": math.nan,
-                "error": f"child exited {proc.returncode}: {tail[:300]}"}
-    result = json.loads(lines[-1][len("RESULT "):])
+                "error": f"child exited {child.returncode}: "
+                         f"{(child.stderr_tail or '(no output)')[:300]}"}
+    result = child.result
     log(f"  {job['label']}: {result['seconds']:.1f} s, +{result['peak_mib']:.0f} MiB"
         + (f", FAILED: {result['error']}" if result["error"] else ""))
     return result
@@ -229,6 +200,24 @@ def run_child(job: dict, log) -> dict:
 
 # ============================================================================================
 # Models and data
+@dataclass(frozen=True)
+class Timing:
+    """The latency budget of `time_interleaved` and `paired_ratio`.
+
+    Attributes:
+        rounds: Interleaved rounds, at least, whatever the budget.
+        min_runs: Timed calls (or 1-thread pairs) per variant and batch size, at least.
+        budget_s: Timed seconds per variant and batch size (`min_runs` wins if longer).
+    """
+
+    rounds: int = ROUNDS
+    min_runs: int = MIN_RUNS
+    budget_s: float = BUDGET_S
+
+
+QUICK_TIMING = Timing(rounds=2, min_runs=3, budget_s=0.02)
+
+
 @dataclass
 class Variant:
     """One model file and what we know about it."""
@@ -262,7 +251,7 @@ class Bench:
 def _digits_images():
     from sklearn.datasets import load_digits
 
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(common.ROOT))
     from onnxpress import demo
 
     digits = load_digits()
@@ -288,11 +277,12 @@ def _top1(session, images, labels, reference=None):
     return result, predictions
 
 
-def digits_bench(folder: Path) -> Bench:
-    sys.path.insert(0, str(ROOT))
+def digits_bench(folder: Path, samples: int | None) -> Bench:
+    sys.path.insert(0, str(common.ROOT))
     from onnxpress import demo
 
     _, _, test, labels, calib = _digits_images()
+    calib = calib[:samples]
     state = {}
 
     def evaluate(session):
@@ -400,10 +390,10 @@ def build_resnet(path: Path, train: np.ndarray, train_labels: np.ndarray) -> Pat
     return path
 
 
-def resnet_bench(folder: Path) -> Bench:
+def resnet_bench(folder: Path, samples: int | None) -> Bench:
     train, train_labels, test, labels, calib = _digits_images()
     path = build_resnet(folder / "resnet32.onnx", _upsample(train), train_labels)
-    test, calib = _upsample(test), _upsample(calib)
+    test, calib = _upsample(test), _upsample(calib[:samples])
     state = {}
 
     def evaluate(session):
@@ -417,30 +407,21 @@ def resnet_bench(folder: Path) -> Bench:
                  {1: {"input": test[:1]}, 64: {"input": test[:64]}}, evaluate)
 
 
-def minilm_bench(folder: Path) -> Bench:
-    model, sentences = MINILM_DIR / "minilm.onnx", MINILM_DIR / "minilm_sentences.json"
-    if not model.exists() or not sentences.exists():
-        print("building MiniLM (models/minilm.py) …", file=sys.stderr)
-        subprocess.run([sys.executable, str(MINILM_SCRIPT)], check=True, cwd=ROOT)
-    sys.path.insert(0, str(MINILM_SCRIPT.parent))
-    from minilm import tokenize
-
-    split = json.loads(sentences.read_text())
-    calibration, evaluation = split["calibration"], split["evaluation"]
-    batches = [tokenize(calibration[i:i + CALIBRATION_BATCH])
-               for i in range(0, len(calibration), CALIBRATION_BATCH)]
+def minilm_bench(folder: Path, samples: int | None) -> Bench:
+    minilm = minilm_data.load()
+    model, tokenize = minilm.path, minilm.tokenize
+    calibration, evaluation = minilm.calibration[:samples], minilm.evaluation[:samples]
+    batches = minilm.feeds(calibration, CALIBRATION_BATCH)
     everything = tokenize(calibration)  # one length for all: onnxruntime's histograms need it
     padded = [{k: v[i:i + CALIBRATION_BATCH] for k, v in everything.items()}
               for i in range(0, len(calibration), CALIBRATION_BATCH)]
-    evaluation_feeds = [tokenize(evaluation[i:i + 32]) for i in range(0, len(evaluation), 32)]
+    evaluation_feeds = minilm.feeds(evaluation)
     state = {}
 
     def evaluate(session):
         embeddings = np.concatenate([session.run(["sentence_embedding"], f)[0]
                                      for f in evaluation_feeds])
-        reference = state.setdefault("reference", embeddings)
-        cosine = (embeddings * reference).sum(1) / (
-            np.linalg.norm(embeddings, axis=1) * np.linalg.norm(reference, axis=1))
+        cosine = minilm_data.cosines(embeddings, state.setdefault("reference", embeddings))
         return {"cos_mean": float(cosine.mean()), "cos_min": float(cosine.min())}
 
     return Bench("minilm", f"all-MiniLM-L6-v2 (6 layers, {model.stat().st_size / 1e6:.0f} MB)",
@@ -463,12 +444,12 @@ def quantize_all(bench: Bench, folder: Path, log) -> None:
         job = {"label": label, "tool": "onnxpress", "recipe": recipe, "source": str(bench.source),
                "out": str(out(recipe)),
                "data": str(bench.calibration) if recipe != "dynamic-int8" else None}
-        result = run_child(job, log)
+        result = quantize_in_child(job, log)
         bench.variants.append(Variant(label, out(recipe) if not result["error"] else None,
                                       result))
 
     pre = out("ort-pre")
-    result = run_child({"label": "onnxruntime quant_pre_process", "tool": "onnxruntime",
+    result = quantize_in_child({"label": "onnxruntime quant_pre_process", "tool": "onnxruntime",
                         "kind": "preprocess", "source": str(bench.source), "out": str(pre)}, log)
     bench.preprocess = result
     if result["error"]:
@@ -488,7 +469,7 @@ def quantize_all(bench: Bench, folder: Path, log) -> None:
                    "kind": "static", "method": method, "source": str(pre), "data": str(data),
                    "out": str(out(name + "-u8s8")), "out_s8": str(out(name + "-s8s8")),
                    "cache": str(folder / f"{key}.{name}.calibration.json")}
-            result = run_child(job, log)
+            result = quantize_in_child(job, log)
             if result["error"]:
                 bench.notes.append(f"onnxruntime `quantize_static` {method}{suffix} failed: "
                                    f"`{result['error']}`")
@@ -503,7 +484,7 @@ def quantize_all(bench: Bench, folder: Path, log) -> None:
             break
     for weight in ("S8", "U8"):
         name = f"ort-dynamic-{weight.lower()}"
-        result = run_child({"label": f"onnxruntime dynamic {weight}", "tool": "onnxruntime",
+        result = quantize_in_child({"label": f"onnxruntime dynamic {weight}", "tool": "onnxruntime",
                             "kind": "dynamic", "weight": weight, "source": str(pre),
                             "out": str(out(name))}, log)
         bench.variants.append(Variant(f"ORT dynamic {weight} weights",
@@ -524,8 +505,15 @@ def make_session(path: Path, threads: int = THREADS):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def measure(bench: Bench, log) -> None:
-    sys.path.insert(0, str(ROOT))
+def measure(bench: Bench, log, timing: Timing) -> None:
+    """Accuracy, fusion report and latency of every variant, then the 1-thread control.
+
+    Args:
+        bench: The model and its quantized variants.
+        log: Prints a progress line.
+        timing: The latency budget.
+    """
+    sys.path.insert(0, str(common.ROOT))
     from onnxpress.runtime.fusion import fusion_report
 
     live = [v for v in bench.variants if v.path is not None]
@@ -548,7 +536,7 @@ def measure(bench: Bench, log) -> None:
                                f"{quantized_ops(v.path)}")
     for batch, feed in bench.latency_feeds.items():
         log(f"  timing {bench.key} at batch {batch} ({len(sessions)} sessions)")
-        for name, (median, p90, runs) in time_interleaved(sessions, feed).items():
+        for name, (median, p90, runs) in time_interleaved(sessions, feed, timing).items():
             next(v for v in live if v.name == name).latency[batch] = (median, p90, runs)
     sessions.clear()
     ours, theirs = _get(bench, OURS), same_method_ort(bench)
@@ -556,7 +544,7 @@ def measure(bench: Bench, log) -> None:
         batch = max(bench.latency_feeds)
         log(f"  1-thread control at batch {batch}: {ours.name} vs {theirs.name}")
         bench.control = (theirs.name, batch, paired_ratio(ours.path, theirs.path,
-                                                          bench.latency_feeds[batch]))
+                                                          bench.latency_feeds[batch], timing))
 
 
 def same_method_ort(bench: Bench) -> Variant | None:
@@ -566,17 +554,19 @@ def same_method_ort(bench: Bench) -> Variant | None:
             or _get(bench, "ORT static MinMax U8S8"))
 
 
-def paired_ratio(a: Path, b: Path, feed: dict, threads: int = 1) -> tuple[float, int]:
-    """Median over ≥ `MIN_RUNS` alternating call pairs of time(a) / time(b), with `threads`
-    intra-op threads: one thread is far less sensitive to other processes on a shared
-    machine than two, so this separates a real difference from contention noise."""
+def paired_ratio(a: Path, b: Path, feed: dict, timing: Timing, threads: int = 1
+                 ) -> tuple[float, int]:
+    """Median over ≥ `timing.min_runs` alternating call pairs of time(a) / time(b), with
+    `threads` intra-op threads: one thread is far less sensitive to other processes on a
+    shared machine than two, so this separates a real difference from contention noise."""
     sa, sb = make_session(a, threads), make_session(b, threads)
     for _ in range(3):
         sa.run(None, feed)
         sb.run(None, feed)
     start = time.perf_counter()
     sa.run(None, feed)
-    pairs = min(MAX_RUNS, max(MIN_RUNS, math.ceil(BUDGET_S / (time.perf_counter() - start))))
+    pairs = min(MAX_RUNS, max(timing.min_runs,
+                                 math.ceil(timing.budget_s / (time.perf_counter() - start))))
     ratios = []
     for i in range(pairs):
         first, second = (sa, sb) if i % 2 else (sb, sa)
@@ -607,36 +597,20 @@ def quantized_ops(path: Path) -> str:
     return ", ".join(f"{op}×{n}" for op, n in counts.most_common())
 
 
-def time_interleaved(sessions: dict, feed: dict) -> dict:
+def time_interleaved(sessions: dict, feed: dict, timing: Timing) -> dict:
     """Median latency of each session, measured in interleaved rounds (see the docstring).
 
-    Each variant gets about `BUDGET_S` of timed runs (at least `MIN_RUNS`, at most
-    `MAX_RUNS`); a round runs every variant once for a block of ~`BLOCK_S` (one call for slow
-    models), in an order rotated from round to round."""
-    names = list(sessions)
-    estimate = {}
-    for name in names:  # warm-up, and a per-call estimate to size the blocks
-        for _ in range(3):
-            sessions[name].run(None, feed)
-        start = time.perf_counter()
-        for _ in range(3):
-            sessions[name].run(None, feed)
-        estimate[name] = max((time.perf_counter() - start) / 3, 1e-6)
-    block = {n: max(1, math.ceil(BLOCK_S / estimate[n])) for n in names}
-    wanted = {n: min(MAX_RUNS, max(MIN_RUNS, math.ceil(BUDGET_S / estimate[n]))) for n in names}
-    own = {n: max(ROUNDS, math.ceil(wanted[n] / block[n])) for n in names}
-    rounds = max(own.values())
-    times = {n: [] for n in names}
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            # a variant with fewer rounds of its own is spread evenly over all the rounds
-            if r and r * own[name] // rounds == (r - 1) * own[name] // rounds:
-                continue
-            session, record = sessions[name], times[name]
-            for _ in range(block[name]):
-                start = time.perf_counter()
-                session.run(None, feed)
-                record.append(time.perf_counter() - start)
+    Each variant gets about `timing.budget_s` of timed runs (at least `timing.min_runs`, at
+    most `MAX_RUNS`); a round runs every variant once for a block of ~`BLOCK_S` (one call for
+    slow models), in an order rotated from round to round; there are at least `timing.rounds`
+    rounds. A variant with fewer rounds of its own is spread evenly over all the rounds."""
+    # 3 warm-up calls, then the mean of 3 more: a per-call estimate to size the blocks
+    estimate = {n: max(e, 1e-6) for n, e in common.warm_up(sessions, feed, 6, np.mean).items()}
+    block = {n: max(1, math.ceil(BLOCK_S / estimate[n])) for n in sessions}
+    wanted = {n: min(MAX_RUNS, max(timing.min_runs, math.ceil(timing.budget_s / estimate[n])))
+              for n in sessions}
+    own = {n: max(timing.rounds, math.ceil(wanted[n] / block[n])) for n in sessions}
+    times = common.time_rounds(sessions, feed, own, blocks=block, shuffle=False)
     return {n: (float(np.median(t)) * 1e3, float(np.percentile(t, 90)) * 1e3, len(t))
             for n, t in times.items()}
 
@@ -654,7 +628,7 @@ def table(bench: Bench) -> str:
     accuracy_head = (["cos mean", "cos min"] if bench.key == "minilm" else ["top-1", "agree"])
     head = ["variant", "file", "× FP32", *accuracy_head, f"ms @{small}", f"× FP32 @{small}",
             f"ms @{large}", f"× FP32 @{large}", "int8 fused", "quantize s", "quantize +MiB"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for v in bench.variants:
         cells = [v.name, _size(v.path),
                  f"{v.path.stat().st_size / fp32_size:.2f}" if v.path else "—"]
@@ -678,7 +652,7 @@ def table(bench: Bench) -> str:
             cells += ["—", "—"]
         if v.note:
             cells[0] += f" ({v.note})"
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
     runs = {b: min(v.latency[b][2] for v in bench.variants if b in v.latency) for b in
             (small, large)}
     footer = (f"Latency: median of ≥ {runs[small]} runs at batch {small} and ≥ {runs[large]} "
@@ -691,8 +665,8 @@ def table(bench: Bench) -> str:
         name, batch, (ratio, pairs) = bench.control
         notes.insert(0, f"1-thread control, batch {batch}: {OURS} / {name} = **{ratio:.2f}** "
                         f"(median of {pairs} alternating pairs)")
-    return "\n".join([f"### {bench.title}", "", *lines, "", footer, "",
-                      *[f"- {n}" for n in notes]])
+    return "\n".join([f"### {bench.title}", "", common.markdown_table(head, rows), "", footer,
+                      "", *[f"- {n}" for n in notes]])
 
 
 def _get(bench: Bench, name: str) -> Variant | None:
@@ -721,7 +695,7 @@ def _verdict(ratio: float, band: float | None = None) -> str:
 
 def verdicts(benches: list[Bench]) -> str:
     """The issue's claims, met or missed, by how much (computed from this run)."""
-    lines = []
+    rows = []
     for bench in benches:
         ours = _get(bench, OURS)
         if ours is None:
@@ -735,30 +709,30 @@ def verdicts(benches: list[Bench]) -> str:
                 r = ours.latency[b][0] / same.latency[b][0]
                 fastest = min(statics, key=lambda v: v.latency[b][0])
                 rf = ours.latency[b][0] / fastest.latency[b][0]
-                lines.append(f"| {bench.key} @{b} | int8 latency ≤ ORT quantize_static's | "
-                             f"{r:.2f}× {same.name}; {rf:.2f}× the fastest ({fastest.name}) | "
-                             f"{_verdict(r, band)} |")
+                rows.append([f"{bench.key} @{b}", "int8 latency ≤ ORT quantize_static's",
+                             f"{r:.2f}× {same.name}; {rf:.2f}× the fastest ({fastest.name})",
+                             _verdict(r, band)])
             r = ours.latency[b][0] / fp32.latency[b][0]
-            lines.append(f"| {bench.key} @{b} | int8 never slower than FP32 | {r:.2f}× | "
-                         f"{_verdict(r, band)} |")
+            rows.append([f"{bench.key} @{b}", "int8 never slower than FP32", f"{r:.2f}×",
+                         _verdict(r, band)])
         if bench.control:
             name, batch, (ratio, _) = bench.control
-            lines.append(f"| {bench.key} @{batch} | (control) same at 1 thread, paired | "
-                         f"{ratio:.2f}× {name} | {_verdict(ratio)} |")
+            rows.append([f"{bench.key} @{batch}", "(control) same at 1 thread, paired",
+                         f"{ratio:.2f}× {name}", _verdict(ratio)])
         if bench.key == "minilm":
             acc = ours.accuracy
-            lines.append(f"| minilm | static int8 sentence-embedding cosine ≥ 0.99 | mean "
-                         f"{acc['cos_mean']:.4f}, min {acc['cos_min']:.4f} | mean "
-                         f"{'met' if acc['cos_mean'] >= 0.99 else 'missed'}, min "
-                         f"{'met' if acc['cos_min'] >= 0.99 else 'missed'} |")
+            rows.append(["minilm", "static int8 sentence-embedding cosine ≥ 0.99",
+                         f"mean {acc['cos_mean']:.4f}, min {acc['cos_min']:.4f}",
+                         (f"mean {'met' if acc['cos_mean'] >= 0.99 else 'missed'}, min "
+                          f"{'met' if acc['cos_min'] >= 0.99 else 'missed'}")])
             dyn = [v for v in bench.variants if v.name.startswith("ORT dynamic") and v.latency]
             for b in sorted(bench.latency_feeds):
                 if dyn:
                     best = min(dyn, key=lambda v: v.latency[b][0])
                     r = ours.latency[b][0] / best.latency[b][0]
-                    lines.append(f"| minilm @{b} | static int8 latency ≤ ORT dynamic int8 | "
-                                 f"{r:.2f}× the faster ({best.name}) | "
-                                 f"{_verdict(r, noise_band(bench, b))} |")
+                    rows.append([f"minilm @{b}", "static int8 latency ≤ ORT dynamic int8",
+                                 f"{r:.2f}× the faster ({best.name})",
+                                 _verdict(r, noise_band(bench, b))])
         pre = bench.preprocess if bench.preprocess and not bench.preprocess["error"] else None
         for method, ort_name, our_name in (
                 ("percentile", "ORT static Percentile U8S8", OURS),
@@ -777,55 +751,35 @@ def verdicts(benches: list[Bench]) -> str:
                 m2 = a["peak_mib"] / max(b["peak_mib"], pre["peak_mib"])
                 text += f" (with `quant_pre_process`: {t2:.2f}×, {m2:.2f}×)"
                 verdict += f" (with pre-process: time {_verdict(t2)}, memory {_verdict(m2)})"
-            lines.append(f"| {bench.key} | {method} quantization time, memory ≤ ORT's "
-                         f"({theirs.name}) | {text} | {verdict} |")
-    return "\n".join(["| model | claim | ours / theirs | verdict |", "|---|---|---|---|",
-                      *lines])
+            rows.append([bench.key, f"{method} quantization time, memory ≤ ORT's ({theirs.name})",
+                         text, verdict])
+    return common.markdown_table(["model", "claim", "ours / theirs", "verdict"], rows)
 
 
 def machine() -> str:
+    """The machine facts above the tables: CPU, system, load, versions, date."""
     import onnxruntime as ort
 
-    cpu = "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in
-                   Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
-    return (f"- {cpu}, {os.cpu_count()} logical CPUs, {platform.system()} "
-            f"{platform.release()}; load average at start {load[0]:.2f}\n"
+    load = common.load_average()
+    return (f"- {common.cpu_model()}, {os.cpu_count()} logical CPUs, {platform.system()} "
+            f"{platform.release()}; load average at start "
+            f"{'?' if load is None else f'{load:.2f}'}\n"
             f"- Python {platform.python_version()}, onnxruntime {ort.__version__}, numpy "
             f"{np.__version__}; {datetime.date.today().isoformat()}")
 
 
-def write_results(markdown: str) -> None:
-    """Put `markdown` in RESULTS.md's "## Quantization" section, between our markers, leaving
-    every other section (and any text outside the markers) as it is."""
-    block = f"{BEGIN}\n{markdown.strip()}\n{END}"
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if BEGIN in text and END in text:
-        start, end = text.index(BEGIN), text.index(END) + len(END)
-        text = text[:start] + block + text[end:]
-    elif SECTION in text:
-        at = text.index(SECTION) + len(SECTION)
-        text = text[:at] + "\n\n" + block + "\n" + text[at:]
-    else:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n"
-    RESULTS.write_text(text)
-
-
 # ============================================================================================
 def main(argv=None) -> int:
+    """Quantize, measure and print every chosen model's table; update RESULTS.md."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--only", choices=["digits", "resnet32", "minilm"], action="append")
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
-    args = parser.parse_args(argv)
+    args = common.parse_args(parser, argv)
     if args.child:
-        print("RESULT " + json.dumps(_child(json.loads(args.child))), flush=True)
+        common.reply(_child(json.loads(args.child)))
         return 0
+    samples, timing = (QUICK_SAMPLES, QUICK_TIMING) if args.quick else (None, Timing())
 
     def log(message):
         print(message, file=sys.stderr, flush=True)
@@ -839,10 +793,10 @@ def main(argv=None) -> int:
         folder = Path(tmp)
         for key in chosen:
             log(f"{key}: building data and quantizing")
-            bench = builders[key](folder)
+            bench = builders[key](folder, samples)
             quantize_all(bench, folder, log)
             log(f"{key}: accuracy and latency")
-            measure(bench, log)
+            measure(bench, log, timing)
             benches.append(bench)
         minutes = (time.perf_counter() - started) / 60
         markdown = "\n\n".join([
@@ -850,9 +804,9 @@ def main(argv=None) -> int:
             *[table(b) for b in benches],
             "### Claims, as measured in this run", verdicts(benches)])
     print(markdown)
-    if not args.no_write:
-        write_results(markdown)
-        log(f"updated {RESULTS.relative_to(ROOT)}")
+    if not (args.no_write or args.quick):
+        common.write_section(SECTION, "quantization.py", markdown)
+        log(f"updated {common.RESULTS.relative_to(common.ROOT)}")
     return 0
 
 

@@ -4,6 +4,7 @@
                                                    # (~10 min if others load the cores)
     python benchmarks/sparsity.py --only digits    # about 30 s
     python benchmarks/sparsity.py --no-write       # print, do not touch RESULTS.md
+    python benchmarks/sparsity.py --quick          # smoke test: few runs, 64 sentences
 
 Everything is measured in this one process, on one machine, with the same settings
 (onnxruntime CPU provider, ORT_ENABLE_ALL, `THREADS` intra-op threads, 1 inter-op thread).
@@ -59,8 +60,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime
-import importlib.util
 import json
 import math
 import os
@@ -73,12 +72,13 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import common
+import minilm_data
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the checkout's onnxpress, even when another one is installed
+sys.path.insert(0, str(common.ROOT))  # the checkout's onnxpress, even when another one is installed
 
 import onnxpress
 from onnxpress import demo
@@ -96,10 +96,9 @@ from onnxpress.targets import get_target
 
 THREADS = 2
 BLOCK_S = 0.01
-MINILM_SCRIPT = ROOT / "models" / "minilm.py"
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SECTION = "## Sparsity"
-BEGIN, END = "<!-- benchmarks/sparsity.py: begin -->", "<!-- benchmarks/sparsity.py: end -->"
+#: ``--quick``: MiniLM calibration and evaluation sentences (of 256 each).
+QUICK_SENTENCES = 64
 #: The issue's targets for digits: prune-channels 30 % + reconstruct.
 TARGET_TOP1_POINTS = 1.0
 TARGET_LATENCY_RATIO = 0.8
@@ -129,24 +128,17 @@ def nchwc_block() -> int:
 
 
 def machine_facts() -> str:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        cpu = platform.processor() or "unknown"
-    load_avg = f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "?"
+    """CPU, load, versions and date, as Markdown bullet points."""
+    load = common.load_average()
     return "\n".join([
-        (f"- CPU: {cpu}, {os.cpu_count()} logical cores, onnxruntime NCHWc block "
-         f"{nchwc_block()} channels; load average {load_avg} at start (other processes share "
-         "the cores: read ratios, and the A/A row for their noise)"),
+        (f"- CPU: {common.cpu_model()}, {os.cpu_count()} logical cores, onnxruntime NCHWc "
+         f"block {nchwc_block()} channels; load average "
+         f"{'?' if load is None else f'{load:.2f}'} at start (other processes share the cores: "
+         "read ratios, and the A/A row for their noise)"),
         (f"- onnxruntime {ort.__version__} CPUExecutionProvider, ORT_ENABLE_ALL, {THREADS} "
          f"intra-op threads; onnx {onnx.__version__}, onnxpress {onnxpress.__version__}, "
          f"Python {platform.python_version()}, numpy {np.__version__}"),
-        (f"- `python benchmarks/sparsity.py`, "
-         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"),
+        f"- `python benchmarks/sparsity.py`, {common.utc_now()}",
     ])
 
 
@@ -227,43 +219,21 @@ def kernel_weights(model_bytes: bytes, workdir: Path) -> int:
 
 # ------------------------------------------------------------------------------------------
 # Latency
-def time_rounds(sessions: dict, feed: dict, *, min_runs: int, rounds: int, warmup: int,
-                block_s: float = BLOCK_S) -> dict[str, list[np.ndarray]]:
-    """Seconds per ``run`` of each session, per round, the sessions taking turns.
+def time_sessions(sessions: dict, feed: dict, *, min_runs: int, rounds: int, warmup: int
+                  ) -> dict[str, np.ndarray]:
+    """Seconds per ``run`` of each session, the sessions taking turns.
 
     Every session is warmed up (`warmup` untimed runs) and its block size chosen: as many
-    consecutive calls as last about `block_s` (at least one). Then, per round, every session
+    consecutive calls as last about `BLOCK_S` (at least one). Then, per round, every session
     in a fresh random order (fixed seed) makes one untimed call when its block has several —
     the previous session's intra-op threads may still be spinning — and its block of timed
     calls. There are at least `rounds` rounds, more until every session has `min_runs` timed
-    calls. Returns, per session, one array of call times per round.
+    calls. Returns, per session, its call times.
     """
-    blocks = {}
-    for name, sess in sessions.items():
-        later = []
-        for i in range(warmup):
-            start = time.perf_counter()
-            sess.run(None, feed)
-            if i >= warmup // 2:
-                later.append(time.perf_counter() - start)
-        blocks[name] = max(1, int(block_s / float(np.median(later))))
+    estimates = common.warm_up(sessions, feed, warmup)
+    blocks = {name: max(1, int(BLOCK_S / e)) if e else 1 for name, e in estimates.items()}
     rounds = max(rounds, max(math.ceil(min_runs / b) for b in blocks.values()))
-    names = list(sessions)
-    times = {name: [] for name in names}
-    rng = np.random.default_rng(0)
-    for _ in range(rounds):
-        for k in rng.permutation(len(names)):
-            name = names[k]
-            sess = sessions[name]
-            if blocks[name] > 1:
-                sess.run(None, feed)  # untimed: absorbs the previous session's spinning threads
-            block = np.empty(blocks[name])
-            for i in range(blocks[name]):
-                start = time.perf_counter()
-                sess.run(None, feed)
-                block[i] = time.perf_counter() - start
-            times[name].append(block)
-    return times
+    return common.time_rounds(sessions, feed, rounds, blocks=blocks, settle=True)
 
 
 @dataclass(frozen=True)
@@ -284,26 +254,15 @@ class Latency:
     runs: int
 
 
-def latencies(times: dict[str, list[np.ndarray]], reference: str) -> dict[str, Latency]:
-    medians = {name: float(np.median(np.concatenate(blocks))) for name, blocks in times.items()}
-    return {name: Latency(medians[name], medians[name] / medians[reference],
-                          sum(len(b) for b in blocks)) for name, blocks in times.items()}
+def latencies(times: dict[str, np.ndarray], reference: str) -> dict[str, Latency]:
+    """Each session's `Latency` against the `reference` session's, from `time_sessions`."""
+    medians = {name: float(np.median(t)) for name, t in times.items()}
+    return {name: Latency(medians[name], medians[name] / medians[reference], len(t))
+            for name, t in times.items()}
 
 
 # ------------------------------------------------------------------------------------------
 # Tables
-def markdown_table(headers: list[str], rows: list[list[str]], align: str) -> str:
-    lines = ["| " + " | ".join(headers) + " |",
-             "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-
-
 def ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f}" if seconds < 0.01 else f"{seconds * 1e3:.1f}"
 
@@ -331,25 +290,23 @@ def prune(ratio: float = 0.3, *, reconstruct: bool = True, int8: bool = False, *
 
 
 def digits_variants() -> list[Variant]:
-    recipe_30 = RECIPES["prune-channels"]  # the recipe as shipped: ratio 0.3
-    assert PruneChannels().ratio == 0.3 and "prune-channels" in recipe_30
+    # Rows name their options: round_to=8 is the pass's default, the recipe as shipped
+    # (RECIPES["prune-channels"]) is the "round_to=16" row.
     rows = [Variant("FP32 original", None, data=False),
             Variant("fused", ["fuse"], data=False)]
     for ratio in (0.3, 0.4, 0.5):
-        rows.append(Variant(f"prune-channels {ratio:.0%} + reconstruct",
-                            list(recipe_30) if ratio == 0.3 else prune(ratio)))
+        rows.append(Variant(f"prune-channels {ratio:.0%} + reconstruct", prune(ratio)))
         rows.append(Variant(f"prune-channels {ratio:.0%}, no reconstruct",
                             prune(ratio, reconstruct=False)))
     rows += [
-        Variant("prune-channels 30% + reconstruct + int8 static",
-                list(RECIPES["prune-channels"]) + list(RECIPES["int8-cpu"][1:])),
+        Variant("prune-channels 30% + reconstruct + int8 static", prune(int8=True)),
         Variant("int8 static alone (int8-cpu recipe), reference", list(RECIPES["int8-cpu"])),
         Variant("30% + reconstruct, prune_first=True", prune(prune_first=True)),
         Variant("30% + reconstruct, max_ratio_per_layer=0.75",
                 prune(max_ratio_per_layer=0.75)),
         Variant("30% + reconstruct, prune_first + max_ratio_per_layer=0.75",
                 prune(prune_first=True, max_ratio_per_layer=0.75)),
-        Variant("30% + reconstruct, round_to=16", prune(round_to=16)),
+        Variant("30% + reconstruct, round_to=16", list(RECIPES["prune-channels"])),
         Variant("30% + reconstruct, round_to=16 + int8 static", prune(round_to=16, int8=True)),
         Variant("prune-magnitude 30% global (runs dense)",
                 ["fuse", PruneMagnitude(sparsity=0.3, scope="global"), "cleanup"],
@@ -415,8 +372,8 @@ def bench_digits(workdir: Path, args) -> tuple[str, list[str]]:
         feed = {"input": np.ascontiguousarray(images[:batch])}
         sessions = {v.label: session(v.model_bytes, "cpu", threads=THREADS) for v in variants}
         sessions[control] = session(variants[0].model_bytes, "cpu", threads=THREADS)
-        times = time_rounds(sessions, feed, min_runs=args.runs, rounds=args.rounds,
-                            warmup=args.warmup)
+        times = time_sessions(sessions, feed, min_runs=args.runs, rounds=args.rounds,
+                              warmup=args.warmup)
         latency[batch] = latencies(times, base_label)
 
     base = variants[0]
@@ -454,7 +411,7 @@ def bench_digits(workdir: Path, args) -> tuple[str, list[str]]:
     runs1 = min(x.runs for x in b1.values())
     title = (f"### digits CNN ({path.name}; {len(labels)} test images; latency: ≥ {runs64} "
              f"timed runs per variant at batch 64, ≥ {runs1} at batch 1)")
-    table = title + "\n\n" + markdown_table(headers, rows, "lrrrrrrrrrrrl")
+    table = title + "\n\n" + common.markdown_table(headers, rows, "lrrrrrrrrrrrl")
     return table, digits_verdicts(variants, b64, b1)
 
 
@@ -561,13 +518,6 @@ def digits_verdicts(variants: list[Variant], b64: dict, b1: dict) -> list[str]:
 
 # ------------------------------------------------------------------------------------------
 # MiniLM
-def minilm_module():
-    spec = importlib.util.spec_from_file_location("minilm_build", MINILM_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def weight_matmul_flops(proto: onnx.ModelProto) -> dict[str, int]:
     """2·K·N per token of each MatMul with a constant 2-D weight, by node name."""
     dims = {t.name: list(t.dims) for t in proto.graph.initializer}
@@ -588,23 +538,19 @@ class LowRankRow:
 
 
 def bench_minilm(workdir: Path, args) -> tuple[str, list[str]]:
-    minilm = minilm_module()
-    if not (minilm.MODEL_PATH.exists() and minilm.SENTENCES_PATH.exists()):
-        log(f"building {minilm.MODEL_PATH} (once; takes a minute or two) ...")
-        minilm.main()
-    path = minilm.MODEL_PATH
-    sentences = json.loads(minilm.SENTENCES_PATH.read_text(encoding="utf-8"))
+    minilm = minilm_data.load()
+    path = minilm.path
+    limit = QUICK_SENTENCES if args.quick else None
     # Calibration batches of 32 sentences of similar length (sorted by token count), so that
     # few rows of the Gram matrices are padding: with the given order, 7264 rows hold 3317
     # real tokens; sorted, 4032 do. Padding changes no embedding, only the work done.
-    calib = sentences["calibration"]
+    calib = minilm.calibration[:limit]
     lengths = [int(minilm.tokenize([s])["attention_mask"].sum()) for s in calib]
     calib = [calib[i] for i in np.argsort(lengths, kind="stable")]
-    calibration = [minilm.tokenize(calib[i:i + 32]) for i in range(0, len(calib), 32)]
+    calibration = minilm.feeds(calib)
     tokens = (sum(f["attention_mask"].size for f in calibration),
-              sum(int(f["attention_mask"].sum()) for f in calibration))
-    evaluation = [minilm.tokenize(sentences["evaluation"][i:i + 32])
-                  for i in range(0, len(sentences["evaluation"]), 32)]
+              sum(int(f["attention_mask"].sum()) for f in calibration), len(calib))
+    evaluation = minilm.feeds(minilm.evaluation[:limit])
     data = DataSource.from_feeds(lambda: iter(calibration), origin="calibration sentences")
 
     original = load(path)
@@ -663,17 +609,17 @@ def bench_minilm(workdir: Path, args) -> tuple[str, list[str]]:
                                             for feed in calibration])
     reference, calib_reference = rows[0].cos, rows[0].calib_cos
     for row in rows:
-        row.cos = cosines(reference, row.cos)
+        row.cos = minilm_data.cosines(reference, row.cos)
         if row.calib_cos is not None:
-            row.calib_cos = cosines(calib_reference, row.calib_cos)
+            row.calib_cos = minilm_data.cosines(calib_reference, row.calib_cos)
 
     log(f"minilm: latency at batch 32, {len(rows) + 1} sessions")
     feed = evaluation[0]
     control = "FP32 original, 2nd session (A/A noise floor)"
     sessions = {row.label: session(row.model_bytes, "cpu", threads=THREADS) for row in rows}
     sessions[control] = session(rows[0].model_bytes, "cpu", threads=THREADS)
-    times = time_rounds(sessions, feed, min_runs=args.minilm_runs, rounds=args.rounds,
-                        warmup=3)
+    times = time_sessions(sessions, feed, min_runs=args.minilm_runs, rounds=args.rounds,
+                          warmup=3)
     timed = latencies(times, rows[0].label)
 
     table = []
@@ -713,13 +659,16 @@ def bench_minilm(workdir: Path, args) -> tuple[str, list[str]]:
     title = (f"### all-MiniLM-L6-v2 lowrank on the 12 FFN MatMuls ({path.name}; cosine over "
              f"{len(reference)} evaluation sentences; latency: batch 32, seq {seq}, ≥ {runs} "
              "timed runs per variant)")
-    text = title + "\n\n" + markdown_table(headers, table, "lrrrrrrrrrrr")
+    text = title + "\n\n" + common.markdown_table(headers, table, "lrrrrrrrrrrr")
     return text, minilm_notes(rows, timed, control, tokens)
 
 
-def minilm_notes(rows: list[LowRankRow], timed: dict, control: str, tokens: tuple[int, int]
-                 ) -> list[str]:
-    """What the MiniLM table says, from this run's numbers."""
+def minilm_notes(rows: list[LowRankRow], timed: dict, control: str,
+                 tokens: tuple[int, int, int]) -> list[str]:
+    """What the MiniLM table says, from this run's numbers.
+
+    `tokens` are the calibration batches' rows, real tokens among them, and sentences.
+    """
     by = {row.label: row for row in rows}
 
     def ratio(label):
@@ -779,8 +728,8 @@ def minilm_notes(rows: list[LowRankRow], timed: dict, control: str, tokens: tupl
         lines.append(
             f"- **reconstruct handles MatMul with 3-D inputs**: it refits {rec.get('layers', 0)} "
             f"MatMuls whose input is [batch, seq, features] (rows = batch × seq: "
-            f"{tokens[0]:,} rows, {tokens[1]:,} of them real tokens, from the 256 calibration "
-            f"sentences) in {rec.get('waves', 0)} waves, and skips "
+            f"{tokens[0]:,} rows, {tokens[1]:,} of them real tokens, from the {tokens[2]} "
+            f"calibration sentences) in {rec.get('waves', 0)} waves, and skips "
             + ", ".join(f"{n}× {k}" for k, n in skipped.items())
             + ". So after lowrank it refits each B factor (and every unfactorized Q/K/V/output "
             "MatMul) but never A.")
@@ -807,7 +756,8 @@ def minilm_notes(rows: list[LowRankRow], timed: dict, control: str, tokens: tupl
         if fitter == len(pairs) and worse:
             verdict += (f"That is overfitting: {rec.get('layers', 0)} matrices of 147k–590k "
                         "unknowns each are "
-                        f"refitted on {tokens[0]:,} correlated token rows from 256 sentences. "
+                        f"refitted on {tokens[0]:,} correlated token rows from {tokens[2]} "
+                        "sentences. "
                         "reconstruct is not worth its cost here (most of the optimize time).")
         lines.append("- reconstruct after data-aware lowrank (cosine mean / min): "
                      + "; ".join(parts) + ". " + verdict)
@@ -815,25 +765,8 @@ def minilm_notes(rows: list[LowRankRow], timed: dict, control: str, tokens: tupl
 
 
 # ------------------------------------------------------------------------------------------
-def write_results(markdown: str) -> None:
-    """Put `markdown` in RESULTS.md's "## Sparsity" section, between our markers; every other
-    section stays as it is, and a new section goes at the end."""
-    block = f"{BEGIN}\n{markdown.strip()}\n{END}"
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if BEGIN in text and END in text:
-        start, end = text.index(BEGIN), text.index(END) + len(END)
-        text = text[:start] + block + text[end:]
-    elif SECTION in text:
-        at = text.index(SECTION) + len(SECTION)
-        text = text[:at] + "\n\n" + block + "\n" + text[at:]
-    else:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n"
-    tmp = RESULTS.with_suffix(".md.sparsity-tmp")
-    tmp.write_text(text)
-    os.replace(tmp, RESULTS)
-
-
 def main(argv: list[str] | None = None) -> None:
+    """Measure and print both tables (or one); update RESULTS.md unless told not to."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--only", choices=("digits", "minilm"), help="one table only")
     parser.add_argument("--runs", type=int, default=200,
@@ -845,7 +778,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="interleaved rounds, at least (default 20)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed runs per session")
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
-    args = parser.parse_args(argv)
+    args = common.parse_args(parser, argv, runs=5, minilm_runs=3, rounds=2, warmup=2)
 
     started = time.perf_counter()
     facts = machine_facts()
@@ -860,16 +793,16 @@ def main(argv: list[str] | None = None) -> None:
             parts.append(table)
             notes.append(("minilm", lines))
     minutes = (time.perf_counter() - started) / 60
-    load_avg = f"; load average {os.getloadavg()[0]:.2f} at the end" if hasattr(
-        os, "getloadavg") else ""
-    out = [facts + f"\n- wall time {minutes:.1f} min{load_avg}"]
+    load = common.load_average()
+    out = [facts + f"\n- wall time {minutes:.1f} min"
+           + ("" if load is None else f"; load average {load:.2f} at the end")]
     for part, (_, lines) in zip(parts, notes, strict=True):
         out += [part, "\n".join(lines)]
     markdown = "\n\n".join(out)
     print(markdown)
-    if not args.no_write:
-        write_results(markdown)
-        log(f"updated {RESULTS.relative_to(ROOT)}")
+    if not (args.no_write or args.quick):
+        common.write_section(SECTION, "sparsity.py", markdown)
+        log(f"updated {common.RESULTS.relative_to(common.ROOT)}")
 
 
 if __name__ == "__main__":
