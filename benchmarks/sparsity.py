@@ -451,16 +451,17 @@ def digits_verdicts(variants: list[Variant], b64: dict, b1: dict) -> list[str]:
     padded = sorted({int(w) for w in re.findall(r"→(\d+)", issue.facts["widths"])
                      if int(w) % block})
     lines = [
-        (f"- **Issue targets for prune-channels 30 % + reconstruct (the recipe as shipped): "
+        (f"- **Issue targets for prune-channels 30 % + reconstruct (round_to=8, the pass's "
+         f"default; the recipe as shipped is the round_to={block} row below): "
          f"top-1 within {TARGET_TOP1_POINTS:g} point of FP32 — {'met' if ok_acc else 'MISSED'} "
          f"({issue.facts['top1']:.2%} vs {base.facts['top1']:.2%}, {delta(issue):+.2f} pts); "
          f"onnxruntime CPU latency at batch 64 ≤ {TARGET_LATENCY_RATIO}× the original — "
          f"{'met' if ok_lat else 'MISSED'} ({r64(issue):.3f}×; A/A noise floor "
          f"±{noise64:.3f}).**"),
-        (f"- Why the latency falls less than the work: the recipe removes "
+        (f"- Why the latency falls less than the work: round_to=8 removes "
          f"{drop(issue, 'macs'):.0%} of our graph's MACs, but onnxruntime runs the convolutions "
          f"in its NCHWc layout, which pads every channel count up to a multiple of its block "
-         f"({block} on this CPU). The recipe's widths ({issue.facts['widths']})"
+         f"({block} on this CPU). Its widths ({issue.facts['widths']})"
          + (f" include {', '.join(map(str, padded))}-channel layers, computed as "
             f"{', '.join(str(-(-w // block) * block) for w in padded)}: "
             if padded else ": ")
