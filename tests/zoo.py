@@ -36,6 +36,17 @@ SEQ = 7
 VOCAB = 100
 
 
+def graph(signature: str, body: str, opset: int = 17, **initializers: np.ndarray) -> Model:
+    """A model from a graph signature (``(float[N,4] x) => (float[N,4] y)``) and a body."""
+    return make_model(f'<ir_version: 8, opset_import: ["": {opset}]>\ng {signature} '
+                      f"{{\n{body}\n}}", **initializers)
+
+
+def ints(*values: int) -> np.ndarray:
+    """An int64 constant (shapes, axes, split sizes)."""
+    return np.array(values, np.int64)
+
+
 def _rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 

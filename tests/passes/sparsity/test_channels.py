@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
-from zoo import ZOO, feed_list
+from zoo import ZOO, feed_list, graph, ints
 
 import onnxpress as ox
 from onnxpress import demo
@@ -13,22 +13,13 @@ from onnxpress.errors import PassError
 from onnxpress.ir.model import Model
 from onnxpress.passes.sparsity.channels import PruneChannels, kept_channels
 from onnxpress.passes.sparsity.coupling import SliceInput, analyze, node_label
-from onnxpress.testing import assert_same_outputs, make_model, run
+from onnxpress.testing import assert_same_outputs, run
 
 RNG = np.random.default_rng(1)
 
 
 def _w(*shape: int) -> np.ndarray:
     return RNG.standard_normal(shape).astype(np.float32)
-
-
-def _model(signature: str, body: str, opset: int = 17, **inits: np.ndarray) -> Model:
-    return make_model(f'<ir_version: 8, opset_import: ["": {opset}]>\ng {signature} '
-                      f"{{\n{body}\n}}", **inits)
-
-
-def _i(*values: int) -> np.ndarray:
-    return np.array(values, np.int64)
 
 
 def _layers(model: Model) -> dict[str, tuple]:
@@ -71,7 +62,7 @@ def _pruned(model: Model, **options) -> tuple[Model, dict]:
 # Exact rewrites: removing channels that are zero changes nothing
 def block() -> Model:
     """Residual + BN, Concat, depthwise, MaxPool, Flatten → Gemm → Gemm."""
-    return _model("(float[2,3,8,8] x) => (float[2,5] y)", """
+    return graph("(float[2,3,8,8] x) => (float[2,5] y)", """
         s = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, ws, bs)
         r0 = Relu (s)
         a = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (r0, wa, ba)
@@ -98,7 +89,7 @@ def block() -> Model:
 
 def reshape_mlp() -> Model:
     """Conv → Pad → Resize → Reshape into MatMul (+ bias Add) → MatMul."""
-    return _model("(float[2,3,4,4] x) => (float[2,5] y)", """
+    return graph("(float[2,3,4,4] x) => (float[2,5] y)", """
         c = Conv <kernel_shape = [1, 1]> (x, wc, bc)
         r = Relu (c)
         p = Pad (r, pads)
@@ -115,7 +106,7 @@ def reshape_mlp() -> Model:
 
 def transformer_mlp() -> Model:
     """[N, S, D] MatMul → bias → x·sigmoid(x) → MatMul: the hidden width is the group."""
-    return _model("(float[2,5,16] x) => (float[2,5,16] y)", """
+    return graph("(float[2,5,16] x) => (float[2,5,16] y)", """
         h = MatMul (x, w1)
         hb = Add (h, b1)
         s = Sigmoid (hb)
@@ -131,7 +122,7 @@ def split_block(opset: int) -> Model:
     split = {11: "Split <axis = 1, split = [4, 12]> (c1)", 13: "Split <axis = 1> (c1, sp)",
              18: "Split <axis = 1, num_outputs = 2> (c1)"}[opset]
     second = 8 if opset == 18 else 12
-    return _model("(float[2,3,8,8] x) => (float[2,4,8,8] y)", f"""
+    return graph("(float[2,3,8,8] x) => (float[2,4,8,8] y)", f"""
         s = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, ws, bs)
         r = Relu (s)
         c1 = Conv <kernel_shape = [1, 1]> (r, w1, b1)
@@ -143,27 +134,27 @@ def split_block(opset: int) -> Model:
         y = Conv <kernel_shape = [1, 1]> (cat, w2, b2)
     """, opset, ws=_w(8, 3, 3, 3), bs=_w(8), w1=_w(16, 8, 1, 1), b1=_w(16),
         wm=_w(second, second, 3, 3), bm=_w(second), w2=_w(4, 16 + second, 1, 1), b2=_w(4),
-        **({"sp": _i(4, 12)} if opset == 13 else {}))
+        **({"sp": ints(4, 12)} if opset == 13 else {}))
 
 
 def ghost_slice() -> Model:
     """GhostNet: Conv ‖ its depthwise Conv, sliced to [-16, -4) = [0, 12) → BN → Conv."""
-    return _model("(float[2,3,8,8] x) => (float[2,4,8,8] y)", """
+    return graph("(float[2,3,8,8] x) => (float[2,4,8,8] y)", """
         p = Conv <kernel_shape = [1, 1]> (x, wp, bp)
         d = Conv <group = 8, kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (p, wd, bd)
         cat = Concat <axis = 1> (p, d)
         sl = Slice (cat, st, en, ax)
         n = BatchNormalization (sl, g, beta, mean, var)
         y = Conv <kernel_shape = [1, 1]> (n, wy)
-    """, wp=_w(8, 3, 1, 1), bp=_w(8), wd=_w(8, 1, 3, 3), bd=_w(8), st=_i(-16), en=_i(-4),
-        ax=_i(1), g=_w(12), beta=_w(12), mean=_w(12), var=np.ones(12, np.float32),
+    """, wp=_w(8, 3, 1, 1), bp=_w(8), wd=_w(8, 1, 3, 3), bd=_w(8), st=ints(-16), en=ints(-4),
+        ax=ints(1), g=_w(12), beta=_w(12), mean=_w(12), var=np.ones(12, np.float32),
         wy=_w(4, 12, 1, 1))
 
 
 def grouped_block() -> Model:
     """Conv (16) → BN → grouped Conv (group 4, 4 → 2 per group) → depthwise Conv with a
     channel multiplier of 2 → Conv: whole groups of 4 of a's channels are pruned."""
-    return _model("(float[2,3,8,8] x) => (float[2,4,8,8] y)", """
+    return graph("(float[2,3,8,8] x) => (float[2,4,8,8] y)", """
         s = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, ws, bs)
         r = Relu (s)
         a = Conv <kernel_shape = [1, 1]> (r, wa, ba)
@@ -180,14 +171,14 @@ def grouped_block() -> Model:
 
 def swiglu() -> Model:
     """A fused gate/up MatMul Split on the last axis, gate·sigmoid(gate)·up → MatMul."""
-    return _model("(float[2,5,16] x) => (float[2,5,16] y)", """
+    return graph("(float[2,5,16] x) => (float[2,5,16] y)", """
         h = MatMul (x, w1)
         gate, up = Split <axis = -1> (h, sp)
         s = Sigmoid (gate)
         gs = Mul (gate, s)
         u = Mul (gs, up)
         y = MatMul (u, w2)
-    """, w1=_w(16, 32), sp=_i(16, 16), w2=_w(16, 16))
+    """, w1=_w(16, 32), sp=ints(16, 16), w2=_w(16, 16))
 
 
 @pytest.mark.parametrize(("build", "shapes"), [
@@ -256,10 +247,10 @@ def test_slice_bounds_count_the_channels_kept_before_them():
 
 @pytest.mark.parametrize(("opset", "call", "inits"), [
     (9, "Slice <starts = [4], ends = [12], axes = [1]> (r)", {}),  # attributes
-    (10, "Slice (r, st, en)", {"st": _i(0, 4, 0, 0), "en": _i(9, -4, 9, 9)}),  # every axis
+    (10, "Slice (r, st, en)", {"st": ints(0, 4, 0, 0), "en": ints(9, -4, 9, 9)}),  # every axis
 ])
 def test_slice_bounds_in_attributes_or_without_axes_are_rewritten(opset, call, inits):
-    model = _model("(float[2,3,4,4] x) => (float[2,4,4,4] y)", f"""
+    model = graph("(float[2,3,4,4] x) => (float[2,4,4,4] y)", f"""
         c = Conv <kernel_shape = [1, 1]> (x, wc, bc)
         r = Relu (c)
         v = {call}
@@ -277,7 +268,7 @@ def test_slice_bounds_in_attributes_or_without_axes_are_rewritten(opset, call, i
 
 
 def test_grouped_widths_are_whole_groups_and_multiples_of_round_to():
-    model = _model("(float[1,3,6,6] x) => (float[1,4,6,6] y)", """
+    model = graph("(float[1,3,6,6] x) => (float[1,4,6,6] y)", """
         s = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, ws)
         a = Conv <kernel_shape = [1, 1]> (s, wa)
         g = Conv <group = 8, kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (a, wg)
@@ -298,7 +289,7 @@ def test_a_block_scores_the_norm_of_all_its_channels(criterion, kept):
     # four medium ones; l2 prefers block 0 (2.5² > 4·1.2²), l1 block 1 (4·1.2 > 2.5 + 3·0.1).
     scale = np.array([[2.5, .1, .1, .1], [1.2, 1.2, 1.2, 1.2], [.5, .5, .5, .5], [3, 3, 3, 3]])
     wa = np.ones((16, 8, 1, 1), np.float32) * scale.reshape(16, 1, 1, 1).astype(np.float32)
-    model = _model("(float[1,3,6,6] x) => (float[1,4,6,6] y)", """
+    model = graph("(float[1,3,6,6] x) => (float[1,4,6,6] y)", """
         s = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, ws)
         a = Conv <kernel_shape = [1, 1]> (s, wa)
         g = Conv <group = 4, kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (a, wg)
@@ -318,7 +309,7 @@ def test_shape_annotations_are_re_inferred():
 
 
 def test_a_shared_constant_is_copied_for_the_pruned_reader_only():
-    model = _model("(float[1,3,4,4] x) => (float[1,4,4,4] y, float[1,8,4,4] z)", """
+    model = graph("(float[1,3,4,4] x) => (float[1,4,4,4] y, float[1,8,4,4] z)", """
         a = Conv <kernel_shape = [1, 1]> (x, wa)
         ma = Mul (a, scale)
         ra = Relu (ma)
@@ -340,7 +331,7 @@ def test_a_shared_constant_is_copied_for_the_pruned_reader_only():
 # Widths
 def wide(channels: int) -> Model:
     """Stem (a first layer, kept by default) → one group of `channels` → frozen head."""
-    return _model("(float[1,3,6,6] x) => (float[1,4,6,6] y)", """
+    return graph("(float[1,3,6,6] x) => (float[1,4,6,6] y)", """
         s = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, ws)
         r = Relu (s)
         a = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (r, wa)
@@ -386,7 +377,7 @@ def test_first_layers_are_kept_unless_asked():
 # --------------------------------------------------------------------------------------------
 # Criteria
 def test_bn_gamma_keeps_the_largest_gammas():
-    model = _model("(float[1,3,4,4] x) => (float[1,4,4,4] y)", """
+    model = graph("(float[1,3,4,4] x) => (float[1,4,4,4] y)", """
         s = Conv <kernel_shape = [1, 1]> (x, ws)
         a = Conv <kernel_shape = [1, 1]> (s, wa)
         n = BatchNormalization (a, g, beta, mean, var)

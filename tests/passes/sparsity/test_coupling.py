@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from zoo import MODELS_DIR, ZOO
+from zoo import MODELS_DIR, ZOO, graph, ints
 
 import onnxpress as ox
 from onnxpress import demo
@@ -18,22 +18,12 @@ from onnxpress.passes.sparsity.coupling import (
     describe_groups,
     node_label,
 )
-from onnxpress.testing import make_model
 
 RNG = np.random.default_rng(0)
 
 
 def _w(*shape: int) -> np.ndarray:
     return RNG.standard_normal(shape).astype(np.float32)
-
-
-def _model(signature: str, body: str, opset: int = 17, **inits: np.ndarray) -> Model:
-    return make_model(f'<ir_version: 8, opset_import: ["": {opset}]>\ng {signature} '
-                      f"{{\n{body}\n}}", **inits)
-
-
-def _i(*values: int) -> np.ndarray:
-    return np.array(values, np.int64)
 
 
 def _by_producer(groups: list[ChannelGroup]) -> dict[str, ChannelGroup]:
@@ -91,7 +81,7 @@ def test_every_zoo_graph_is_analyzed_without_error(name):
 # Hand-built graphs: every mapping
 def cnn() -> Model:
     """Stem, a residual block, Concat of two branches, depthwise, MaxPool, Flatten → Gemm."""
-    return _model("(float[1,3,8,8] x) => (float[1,10] y)", """
+    return graph("(float[1,3,8,8] x) => (float[1,10] y)", """
         s = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, ws, bs)
         r0 = Relu (s)
         a = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (r0, wa, ba)
@@ -144,7 +134,7 @@ def test_edits_cover_weights_biases_bn_depthwise_and_group():
 
 
 def test_reshape_into_matmul_maps_strides_and_rewrites_the_shape():
-    model = _model("(float[2,3,4,4] x) => (float[2,5] y)", """
+    model = graph("(float[2,3,4,4] x) => (float[2,5] y)", """
         c = Conv <kernel_shape = [1, 1]> (x, wc, bc)
         r = Relu (c)
         p = Pad (r, pads)
@@ -162,7 +152,7 @@ def test_reshape_into_matmul_maps_strides_and_rewrites_the_shape():
 
 
 def test_transformer_mlp_hidden_width_is_a_group():
-    model = _model("(float[2,5,16] x) => (float[2,5,16] y)", """
+    model = graph("(float[2,5,16] x) => (float[2,5,16] y)", """
         h = MatMul (x, w1)
         hb = Add (h, b1)
         s = Sigmoid (hb)
@@ -178,9 +168,9 @@ def test_transformer_mlp_hidden_width_is_a_group():
 
 @pytest.mark.parametrize(("between", "inits", "reason"), [
     ("m = Softmax <axis = 1> (r)", {}, "Softmax node 'Softmax→m' cannot be mapped"),
-    ("m = Slice (r, s0, s6, s1, s2)", {"s0": _i(0), "s6": _i(6), "s1": _i(1), "s2": _i(2)},
+    ("m = Slice (r, s0, s6, s1, s2)", {"s0": ints(0), "s6": ints(6), "s1": ints(1), "s2": ints(2)},
      "Slice node 'Slice→m' slices the channel axis with step 2"),
-    ("m = Slice (r, s0, x8s, s1)", {"s0": _i(0), "s1": _i(1)},
+    ("m = Slice (r, s0, x8s, s1)", {"s0": ints(0), "s1": ints(1)},
      "Slice node 'Slice→m': its bounds on the channel axis are not constant"),
     ("m = Split <axis = 1> (r, x8s)", {},
      "Split node 'Split→m': the split sizes are not constant"),
@@ -192,7 +182,7 @@ def test_transformer_mlp_hidden_width_is_a_group():
     ("m = MatMul (wm, r)", {"wm": _w(4, 4)}, "MatMul node 'MatMul→m' reads channels as a weight"),
 ])
 def test_unmappable_ops_freeze_the_group_and_name_the_node(between, inits, reason):
-    model = _model("(float[1,3,4,4] x, float[1,8,4,4] x8, int64[1] x8s) => (float y)", f"""
+    model = graph("(float[1,3,4,4] x, float[1,8,4,4] x8, int64[1] x8s) => (float y)", f"""
         c = Conv <kernel_shape = [1, 1]> (x, wc)
         r = Relu (c)
         {between}
@@ -204,7 +194,7 @@ def test_unmappable_ops_freeze_the_group_and_name_the_node(between, inits, reaso
 
 
 def test_subgraph_captures_freeze_the_group():
-    model = _model("(float[1,3,4,4] x, bool cond) => (float[1,8,4,4] y)", """
+    model = graph("(float[1,3,4,4] x, bool cond) => (float[1,8,4,4] y)", """
         c = Conv <kernel_shape = [1, 1]> (x, wc)
         y = If (cond) <
             then_branch = t () => (float[1,8,4,4] a) { a = Relu (c) },
@@ -252,7 +242,7 @@ def c2f(opset: int = 17) -> Model:
     """YOLOv8's C2f: Conv → Split [6, 10] → bottleneck with a residual on the second part →
     Concat of both parts and the bottleneck → Conv."""
     split = {11: "Split <axis = 1, split = [6, 10]> (c1)"}.get(opset, "Split <axis = 1> (c1, sp)")
-    return _model("(float[1,3,8,8] x) => (float[1,4,8,8] y)", f"""
+    return graph("(float[1,3,8,8] x) => (float[1,4,8,8] y)", f"""
         s = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, ws)
         r = Relu (s)
         c1 = Conv <kernel_shape = [1, 1]> (r, w1, b1)
@@ -263,7 +253,7 @@ def c2f(opset: int = 17) -> Model:
         cat = Concat <axis = 1> (a, b, res)
         y = Conv <kernel_shape = [1, 1]> (cat, w2)
     """, opset, ws=_w(8, 3, 3, 3), w1=_w(16, 8, 1, 1), b1=_w(16), wm=_w(10, 10, 3, 3),
-        bm=_w(10), w2=_w(4, 26, 1, 1), **({"sp": _i(6, 10)} if opset >= 13 else {}))
+        bm=_w(10), w2=_w(4, 26, 1, 1), **({"sp": ints(6, 10)} if opset >= 13 else {}))
 
 
 @pytest.mark.parametrize("opset", [11, 17])
@@ -283,11 +273,11 @@ def test_split_cuts_the_producer_into_parts_with_offset_maps(opset):
 @pytest.mark.parametrize(("opset", "split", "inits"), [
     (11, "Split <axis = 1> (c)", {}),  # no sizes: equal parts
     (13, "Split <axis = -3> (c)", {}),
-    (13, "Split <axis = 1> (c, sp)", {"sp": _i(8, 8)}),
+    (13, "Split <axis = 1> (c, sp)", {"sp": ints(8, 8)}),
     (18, "Split <axis = 1, num_outputs = 2> (c)", {}),
 ])
 def test_every_form_of_split_sizes_is_read(opset, split, inits):
-    model = _model("(float[1,3,4,4] x) => (float[1,4,4,4] y)", f"""
+    model = graph("(float[1,3,4,4] x) => (float[1,4,4,4] y)", f"""
         c = Conv <kernel_shape = [1, 1]> (x, wc)
         a, b = {split}
         g = Mul (a, b)
@@ -300,13 +290,13 @@ def test_every_form_of_split_sizes_is_read(opset, split, inits):
 
 
 def test_split_and_slice_along_another_axis_pass_the_channels_through():
-    model = _model("(float[1,3,4,4] x) => (float[1,4,2,2] y)", """
+    model = graph("(float[1,3,4,4] x) => (float[1,4,2,2] y)", """
         c = Conv <kernel_shape = [1, 1]> (x, wc)
         t, u = Split <axis = 2> (c, halves)
         v = Slice (t, zero, two, three)
         y = Conv <kernel_shape = [1, 1]> (v, wy)
-    """, wc=_w(8, 3, 1, 1), wy=_w(4, 8, 1, 1), halves=_i(2, 2), zero=_i(0), two=_i(2),
-        three=_i(3))
+    """, wc=_w(8, 3, 1, 1), wy=_w(4, 8, 1, 1), halves=ints(2, 2), zero=ints(0), two=ints(2),
+        three=ints(3))
     group = channel_groups(model)[0]
     assert group.label == "Conv→c" and group.frozen is None
     assert group.consumers[0][1] == [(0, 1)]
@@ -314,14 +304,14 @@ def test_split_and_slice_along_another_axis_pass_the_channels_through():
 
 def ghost() -> Model:
     """GhostNet: a 1x1 Conv and a depthwise Conv of it, concatenated, sliced to 10 channels."""
-    return _model("(float[1,3,8,8] x) => (float[1,4,8,8] y)", """
+    return graph("(float[1,3,8,8] x) => (float[1,4,8,8] y)", """
         p = Conv <kernel_shape = [1, 1]> (x, wp, bp)
         d = Conv <group = 6, kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (p, wd, bd)
         cat = Concat <axis = 1> (p, d)
         sl = Slice (cat, st, en, ax)
         y = Conv <kernel_shape = [1, 1]> (sl, wy)
-    """, wp=_w(6, 3, 1, 1), bp=_w(6), wd=_w(6, 1, 3, 3), bd=_w(6), st=_i(0), en=_i(10),
-        ax=_i(1), wy=_w(4, 10, 1, 1))
+    """, wp=_w(6, 3, 1, 1), bp=_w(6), wd=_w(6, 1, 3, 3), bd=_w(6), st=ints(0), en=ints(10),
+        ax=ints(1), wy=_w(4, 10, 1, 1))
 
 
 def test_slice_maps_its_offset_range_and_leaves_the_rest_unread():
@@ -336,14 +326,14 @@ def test_slice_maps_its_offset_range_and_leaves_the_rest_unread():
 
 def test_slice_bounds_are_normalized():
     # Negative starts and ends, an end past the width, a negative axis: [4, 12) of 16.
-    model = _model("(float[1,3,4,4] x) => (float[1,4,4,4] y)", """
+    model = graph("(float[1,3,4,4] x) => (float[1,4,4,4] y)", """
         c = Conv <kernel_shape = [1, 1]> (x, wc)
         v = Slice (c, st, en, ax, one)
         w = Slice (c, st2, big, ax)
         g = Mul (v, w)
         y = Conv <kernel_shape = [1, 1]> (g, wy)
-    """, wc=_w(16, 3, 1, 1), wy=_w(4, 8, 1, 1), st=_i(-12), en=_i(-4), ax=_i(-3), one=_i(1),
-        st2=_i(8), big=_i(2**62))
+    """, wc=_w(16, 3, 1, 1), wy=_w(4, 8, 1, 1), st=ints(-12), en=ints(-4), ax=ints(-3), one=ints(1),
+        st2=ints(8), big=ints(2**62))
     groups = _by_producer(channel_groups(model))
     assert list(groups) == ["Conv→c[0:4]", "Conv→c[4:8]+Conv→c[8:12]+Conv→c[12:16]", "Conv→y"]
     assert groups["Conv→c[0:4]"].consumers == []  # never read: prunable for free
@@ -352,26 +342,26 @@ def test_slice_bounds_are_normalized():
 
 
 def test_a_cut_through_a_flattened_channel_freezes_the_group():
-    model = _model("(float[1,3,2,2] x) => (float[1,6] y)", """
+    model = graph("(float[1,3,2,2] x) => (float[1,6] y)", """
         c = Conv <kernel_shape = [1, 1]> (x, wc)
         f = Flatten (c)
         a, b = Split <axis = 1> (f, sp)
         y = Gemm <transB = 1> (a, wy)
-    """, wc=_w(4, 3, 1, 1), sp=_i(6, 10), wy=_w(6, 6))
+    """, wc=_w(4, 3, 1, 1), sp=ints(6, 10), wy=_w(6, 6))
     group = channel_groups(model)[0]
     assert group.label == "Conv→c"
     assert group.frozen == "Split node 'Split→a' cuts through a channel's 4 positions (at 2)"
 
 
 def test_splits_of_splits_are_learnt_over_several_sweeps():
-    model = _model("(float[1,3,4,4] x) => (float[1,4,4,4] y)", """
+    model = graph("(float[1,3,4,4] x) => (float[1,4,4,4] y)", """
         c = Conv <kernel_shape = [1, 1]> (x, wc)
         a, b = Split <axis = 1> (c, half)
         e, f = Split <axis = 1> (b, quarter)
         g = Mul (e, f)
         h = Concat <axis = 1> (a, g)
         y = Conv <kernel_shape = [1, 1]> (h, wy)
-    """, wc=_w(16, 3, 1, 1), half=_i(8, 8), quarter=_i(4, 4), wy=_w(4, 12, 1, 1))
+    """, wc=_w(16, 3, 1, 1), half=ints(8, 8), quarter=ints(4, 4), wy=_w(4, 12, 1, 1))
     groups = _by_producer(channel_groups(model))
     assert list(groups) == ["Conv→c[0:8]", "Conv→c[8:12]+Conv→c[12:16]", "Conv→y"]
     assert groups["Conv→c[8:12]+Conv→c[12:16]"].consumers[0][1] == [(8, 1)]
@@ -382,7 +372,7 @@ def test_splits_of_splits_are_learnt_over_several_sweeps():
 def grouped() -> Model:
     """Conv (16) → grouped Conv (group 4: 4 → 2 channels per group) → depthwise Conv with a
     channel multiplier of 2 → Conv."""
-    return _model("(float[1,3,8,8] x) => (float[1,4,8,8] y)", """
+    return graph("(float[1,3,8,8] x) => (float[1,4,8,8] y)", """
         a = Conv <kernel_shape = [1, 1]> (x, wa, ba)
         ra = Relu (a)
         g = Conv <group = 4, kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (ra, wg, bg)
@@ -412,7 +402,7 @@ def test_grouped_conv_edits_slice_its_output_axis_and_divide_group():
 
 
 def test_grouped_conv_blocks_apply_to_every_producer_it_reads():
-    model = _model("(float[1,3,4,4] x) => (float[1,4,4,4] y)", """
+    model = graph("(float[1,3,4,4] x) => (float[1,4,4,4] y)", """
         a = Conv <kernel_shape = [1, 1]> (x, wa)
         b = Conv <kernel_shape = [1, 1]> (x, wb)
         c = Concat <axis = 1> (a, b)
@@ -425,7 +415,7 @@ def test_grouped_conv_blocks_apply_to_every_producer_it_reads():
 
 
 def test_a_conv_group_straddling_two_producers_freezes_both():
-    model = _model("(float[1,3,4,4] x) => (float[1,4,4,4] y)", """
+    model = graph("(float[1,3,4,4] x) => (float[1,4,4,4] y)", """
         a = Conv <kernel_shape = [1, 1]> (x, wa)
         b = Conv <kernel_shape = [1, 1]> (x, wb)
         c = Concat <axis = 1> (a, b)
@@ -439,14 +429,14 @@ def test_a_conv_group_straddling_two_producers_freezes_both():
 
 
 def test_a_cut_inside_a_block_freezes_the_producer_naming_both_nodes():
-    model = _model("(float[1,3,4,4] x) => (float[1,4,4,4] y, float[1,4,4,4] z)", """
+    model = graph("(float[1,3,4,4] x) => (float[1,4,4,4] y, float[1,4,4,4] z)", """
         a = Conv <kernel_shape = [1, 1]> (x, wa)
         g = Conv <group = 4, kernel_shape = [1, 1]> (a, wg)
         y = Conv <kernel_shape = [1, 1]> (g, wy)
         s = Slice (a, zero, two, one)
         z = Conv <kernel_shape = [1, 1]> (s, wz)
     """, wa=_w(16, 3, 1, 1), wg=_w(8, 4, 1, 1), wy=_w(4, 8, 1, 1), wz=_w(4, 2, 1, 1),
-        zero=_i(0), two=_i(2), one=_i(1))
+        zero=ints(0), two=ints(2), one=ints(1))
     group = channel_groups(model)[0]
     assert group.label == "Conv→a" and group.channels == 16  # one unrefined space
     assert group.frozen.startswith("Slice node 'Slice→s' cuts 'Conv→a' at channel 2, inside a "
