@@ -178,7 +178,9 @@ class _NumericCheck:
         if self.feeds is None:
             source = self.ctx.data if self.ctx.data is not None else DataSource.random(model)
             self.feeds = source.take(NUMERIC_SAMPLES)
-        sess = session(model, self.ctx.target, optimize=False)
+        # Exactness is a property of the graph, not the provider: check on the CPU, which is
+        # always there (a tensorrt pipeline can be compiled on a machine without a GPU).
+        sess = session(model, "cpu", optimize=False)
         return [sess.run(None, feeds) for feeds in self.feeds]
 
     def remember(self, model: Model) -> None:

@@ -349,3 +349,9 @@ def test_same_class_name_in_another_module_is_still_a_duplicate():
     finally:
         base._REGISTRY.clear()
         base._REGISTRY.update(saved)
+
+
+def test_numeric_verification_runs_on_the_cpu_for_any_target():
+    # Compiling for tensorrt on a machine without TensorRT must still verify exact passes.
+    model = ox.optimize(ZOO["conv_bn_relu"](), ["fuse"], target="tensorrt", verify="numeric")
+    assert model.report["fuse"].changed
