@@ -168,15 +168,16 @@ class MinMax:
         return f"MinMax({self.name!r}, count={self.count}, min={self.min}, max={self.max})"
 
 
-def _require_values(observer: MinMax | Histogram) -> None:
+def _require_values(observer: MinMax) -> None:
     if observer.count == 0:
         what = f"tensor '{observer.name}'" if observer.name else "the tensor"
         raise DataError(f"{what} had no values (empty on every batch); it has no range: "
                         "leave it out of the tensors to calibrate")
 
 
-class Histogram:
-    """Fixed-size histogram over ``[-m, m)`` that re-bins exactly as ``m`` doubles.
+class Histogram(MinMax):
+    """Fixed-size histogram over ``[-m, m)`` that re-bins exactly as ``m`` doubles; it also
+    keeps the exact extrema (it is a `MinMax`).
 
     Args:
         bins: Number of bins ``B``, a power of two ≥ 4 (so bin edges are exact binary
@@ -193,9 +194,7 @@ class Histogram:
         """Start empty, with all ``bins`` counts at zero."""
         if bins < 4 or bins & (bins - 1):
             raise ValueError(f"Histogram bins must be a power of two ≥ 4, not {bins}")
-        self.name = name
-        self.min = math.inf
-        self.max = -math.inf
+        super().__init__(name)
         self._counts = np.zeros(bins, np.int64)
         # m = 2**exponent; None until a non-zero value arrives (zeros sit in bin B/2 anyway).
         self._exponent: int | None = None
@@ -207,11 +206,6 @@ class Histogram:
     def bins(self) -> int:
         """Number of bins ``B``."""
         return self._counts.size
-
-    @property
-    def count(self) -> int:
-        """Values observed."""
-        return int(self._counts.sum())
 
     @property
     def nbytes(self) -> int:
@@ -261,9 +255,9 @@ class Histogram:
         batch = np.asarray(batch)
         if batch.size == 0:
             return
-        lo, hi = _extrema(batch, self.name)
-        self.min, self.max = min(self.min, lo), max(self.max, hi)
-        amax = max(-lo, hi)
+        super().update(batch)
+        # The running extrema bound this batch's too, and m only ever grows.
+        amax = max(-self.min, self.max)
         if amax > 0:
             # frexp: amax = f·2**e with 0.5 <= f < 1, so 2**e is the smallest power of two > amax.
             self._grow_to(math.frexp(amax)[1])
@@ -307,7 +301,7 @@ class Histogram:
             self._grow_to(other._exponent)
             theirs = _doubled(theirs, self._exponent - other._exponent)
         self._counts += theirs
-        self.min, self.max = min(self.min, other.min), max(self.max, other.max)
+        super().merge(other)
 
     def summary(self) -> dict[str, float | int | None]:
         """Count, extrema, bins and ``log2(m)`` (an int, so always JSON-safe), for the table."""
@@ -338,15 +332,6 @@ class Histogram:
         """
         t = float(threshold)
         return min(max(-t, self.min), self.max), min(max(t, self.min), self.max)
-
-    def minmax(self) -> tuple[float, float]:
-        """The observed ``(min, max)``, exact.
-
-        Raises:
-            DataError: nothing was observed.
-        """
-        _require_values(self)
-        return self.min, self.max
 
     def percentile(self, p: float = 99.999) -> tuple[float, float]:
         """Clip ``|x|`` at its ``p``-th percentile (linear inside the bin where it falls).
