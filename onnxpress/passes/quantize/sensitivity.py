@@ -174,7 +174,7 @@ class MixedPrecision(Pass):
                      for i, v in x.items()}
             w = np.asarray(node.inputs[rule.weight].values)
             axis = rule.axis(node) if self.quantize.per_channel else None
-            w_hat = fake_quantize(w, weight_qparams(w, axis))
+            w_hat = fake_quantize(w, weight_qparams(w, axis, bits=ctx.target.weight_bits))
             exact = _run_alone(model, node, x, {rule.weight: w})
             approx = _run_alone(model, node, x_hat, {rule.weight: w_hat})
             scores[node.name] = float(np.sum((exact - approx) ** 2)
