@@ -42,7 +42,7 @@ from onnxpress.ir.scopes import iter_graphs
 from onnxpress.passes.base import Context, Pass, resolve
 from onnxpress.passes.calibrate import Calibrate
 from onnxpress.passes.calibrate.calibrate import METHODS
-from onnxpress.passes.manager import PassRecord, Report
+from onnxpress.report import PassRecord, Report
 from onnxpress.passes.sparsity.coupling import describe_groups
 from onnxpress.recipes import RECIPE_TARGETS, RECIPES
 from onnxpress.runtime.bench import benchmark
@@ -122,8 +122,9 @@ class _PassProgress:
         """Nothing to show before a pass; rich's spinner shows that work is under way."""
 
     def after(self, p: Pass, model: Model, ctx: Context, record: PassRecord) -> None:
-        """Count the pass as done."""
-        self._advance(1)
+        """Count a top-level pass as done (the passes a composite runs are part of it)."""
+        if ctx.manager is None or ctx.manager.depth == 0:
+            self._advance(1)
 
 
 # --------------------------------------------------------------------------------------------

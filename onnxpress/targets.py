@@ -161,7 +161,7 @@ class Target:
     float_ops: frozenset = frozenset({"LayerNormalization", "Softmax"})
     #: Whether the runtime multiplies uint8 activations by int8 weights in saturating 16-bit
     #: pairs on this machine (x86 without VNNI): then weights use 7 bits (`weight_bits`).
-    saturating_u8s8: Callable[[], bool] = lambda: False  # noqa: E731
+    saturating_u8s8: Callable[[], bool] = lambda: False
 
     @property
     def weight_bits(self) -> int:

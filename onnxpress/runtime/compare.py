@@ -33,7 +33,7 @@ from rich.table import Table
 
 from onnxpress.errors import DataError, VerificationError
 from onnxpress.ir.io import ModelLike, load
-from onnxpress.passes.base import no_progress
+from onnxpress.progress import no_progress
 from onnxpress.runtime.data import Feeds, as_data_source
 from onnxpress.runtime.session import session
 from onnxpress.targets import Target
