@@ -42,9 +42,9 @@ from onnxpress.ir.scopes import iter_graphs
 from onnxpress.passes.base import Context, Pass, resolve
 from onnxpress.passes.calibrate import Calibrate
 from onnxpress.passes.calibrate.calibrate import METHODS
-from onnxpress.report import PassRecord, Report
 from onnxpress.passes.sparsity.coupling import describe_groups
 from onnxpress.recipes import RECIPE_TARGETS, RECIPES
+from onnxpress.report import PassRecord, Report
 from onnxpress.runtime.bench import benchmark
 from onnxpress.runtime.compare import compare
 from onnxpress.runtime.data import DataSource, as_data_source

@@ -57,7 +57,8 @@ def qparams(lo: float | np.ndarray, hi: float | np.ndarray, dtype=np.int8, *,
     """Quantization parameters for the real range [lo, hi] (per channel if arrays).
 
     Args:
-        lo, hi: Range ends, scalars or one value per channel.
+        lo: Lower range end, a scalar or one value per channel.
+        hi: Upper range end, likewise.
         dtype: np.int8 or np.uint8.
         symmetric: Zero point at the middle of the type's range.
         axis: Channel axis for per-channel parameters.

@@ -30,10 +30,10 @@ from onnxpress.recipes import RECIPES
 from onnxpress.runtime.compare import compare
 from onnxpress.runtime.data import DataSource
 from onnxpress.targets import CPU_RULES, get_target
+from onnxpress.testing import make_model, run
 
 #: Weight levels on this machine's cpu target (63 where u8s8 kernels saturate, else 127).
 LEVELS = 2 ** (get_target("cpu").weight_bits - 1) - 1
-from onnxpress.testing import make_model, run
 
 HEADER = '<ir_version: 8, opset_import: ["": 17]>'
 CNN_ZOO = ["conv_bn_relu", "residual_add", "depthwise_conv", "gemm", "concat"]
@@ -160,7 +160,8 @@ def is_output(model: Model, tensor: gs.Tensor) -> bool:
 def weight_dqs(model: Model) -> list[tuple[gs.Node, gs.Node]]:
     """(weighted node, DQ of its weight) for every quantized weight."""
     return [(n, dq_of(n, 1)) for n in model.graph.nodes
-            if n.op in WEIGHTED and reads_dq(n, 1) and isinstance(dq_of(n, 1).inputs[0], gs.Constant)]
+            if n.op in WEIGHTED and reads_dq(n, 1)
+            and isinstance(dq_of(n, 1).inputs[0], gs.Constant)]
 
 
 def weight_bytes(proto: onnx.ModelProto) -> int:
