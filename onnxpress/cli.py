@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 from rich.console import Console
@@ -39,6 +40,7 @@ from onnxpress import demo
 from onnxpress._version import __version__
 from onnxpress.api import optimize
 from onnxpress.errors import DataError, OnnxpressError, SaveError
+from onnxpress.ir import fidelity
 from onnxpress.ir.io import check_destination, external_files, load
 from onnxpress.ir.model import Model
 from onnxpress.ir.scopes import iter_graphs
@@ -147,8 +149,9 @@ def _dtype(dtype: object) -> str:
         return "?"
     try:
         return np.dtype(dtype).name
-    except TypeError:
-        return str(dtype)
+    except TypeError:  # gs keeps types numpy lacks (bfloat16) as ONNX codes
+        return (onnx.TensorProto.DataType.Name(dtype).lower() if isinstance(dtype, int)
+                and dtype in onnx.TensorProto.DataType.values() else str(dtype))
 
 
 def _shape(shape: Sequence | None) -> str:
@@ -216,10 +219,11 @@ def _inspect(args: argparse.Namespace, ui: _Ui) -> None:
 
     by_dtype: dict[str, list[int]] = {}
     for constant in model.constants():
-        entry = by_dtype.setdefault(constant.values.dtype.name, [0, 0, 0])
+        values = constant._values  # LazyValues or an array: unread weights stay unread
+        entry = by_dtype.setdefault(_dtype(values.dtype), [0, 0, 0])
         entry[0] += 1
-        entry[1] += int(constant.values.size)
-        entry[2] += int(constant.values.nbytes)
+        entry[1] += int(np.prod(values.shape, dtype=np.int64))
+        entry[2] += fidelity.nbytes(constant)
     params = Table("dtype", "tensors", "parameters", "bytes",
                    title="parameters (initializers of the main graph)")
     for name, (tensors, size, nbytes) in sorted(by_dtype.items()):

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
 import onnx
+from google.protobuf.message import DecodeError
 
 from onnxpress.errors import ModelLoadError
 
@@ -168,8 +169,8 @@ def referenced(model_path: Path, max_size: int | None = 64 << 20) -> set[Path]:
         if max_size is not None and model_path.stat().st_size > max_size:
             return set()
         proto = onnx.ModelProto.FromString(model_path.read_bytes())
-    except Exception:  # a file we cannot parse references nothing we could clean up
-        return set()
+    except (OSError, DecodeError, RuntimeWarning, ValueError):
+        return set()  # a file we cannot parse references nothing we could clean up
     folder = Path(os.path.realpath(model_path.parent))
     found = set()
     for tensor in tensors(proto):

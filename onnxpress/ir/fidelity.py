@@ -16,6 +16,9 @@ three things a user's model may rely on:
   shapeless and the saved model invalid; such entries are hidden from the importer;
 - sparse tensors (``sparse_initializer``, Constant ``sparse_value``) are densified on load with
   their values' dtype, as onnxruntime does when it loads them; gs would mis-type them;
+- values gs cannot re-encode once a pass has read them (strings, 4-bit integers: gs writes
+  them as raw bytes, which ONNX forbids for strings and packs for int4) are handed back to
+  gs as onnx-encoded tensors before export (`encodable`);
 - ``training_info`` (gs has no place for it) is kept on the `Model` and written back while every
   tensor it names still exists.
 
@@ -188,7 +191,7 @@ def _dense(sparse: onnx.SparseTensorProto, what: str) -> onnx.TensorProto:
     try:
         values = onnx.numpy_helper.to_array(sparse.values).reshape(-1)
         indices = onnx.numpy_helper.to_array(sparse.indices).astype(np.int64)
-    except Exception as e:  # malformed protos raise anything from ValueError to TypeError
+    except (ValueError, TypeError, IndexError) as e:
         raise ModelLoadError(f"{where}: cannot be read ({e})") from None
     dims = [int(d) for d in sparse.dims]
     size = int(np.prod(dims, dtype=object)) if dims else 1
@@ -258,3 +261,31 @@ def recorded_pipeline(text: str) -> list[dict[str, Any]]:
                              "wrote (expected a JSON object with a list of passes); remove "
                              "that metadata_props key")
     return [{"name": p["name"], "options": dict(p.get("options", {}))} for p in passes]
+
+
+#: Element types gs's exporter writes wrongly from a numpy array (strings, packed 4-bit).
+_REENCODE = frozenset({"O", "S", "U", "int4", "uint4", "float4_e2m1fn"})
+
+
+def encodable(graph: gs.Graph) -> None:
+    """Give gs onnx-encoded tensors for loaded values it cannot encode itself (every scope).
+
+    Values are unchanged: the TensorProto is onnx's own encoding of the same array, and gs
+    exports such a tensor as it is (reading `.values` again decodes it).
+    """
+    from onnxpress.ir.scopes import iter_graphs
+
+    for g in iter_graphs(graph):
+        tensors = [t for n in g.nodes for t in n.inputs]
+        tensors += [v for n in g.nodes for v in n.attrs.values() if isinstance(v, gs.Constant)]
+        for t in tensors + list(g.outputs):
+            if isinstance(t, gs.Constant) and isinstance(t._values, np.ndarray) and (
+                    t._values.dtype.kind in "OSU" or t._values.dtype.name in _REENCODE):
+                t._values = gs.ir.tensor.LazyValues(
+                    onnx.numpy_helper.from_array(t._values, t.name))
+
+
+def nbytes(constant: gs.Constant) -> int:
+    """Bytes of a constant's values, without loading values that are still lazy."""
+    values = constant._values
+    return int(values.nbytes)

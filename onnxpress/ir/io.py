@@ -222,7 +222,7 @@ def _publish(proto: onnx.ModelProto, path: Path, staging: Path, external_data: b
         onnx.checker.check_model(str(staged), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise SaveError(f"{path}: the model fails the ONNX checker, not written: "
-                        f"{_checker_message(e)}") from None
+                        f"{_checker_message(e, proto)}") from None
     if data is not None:
         published = path.parent / data.name
         # The name is the content's hash: an existing file of that name holds these bytes.
@@ -234,11 +234,20 @@ def _publish(proto: onnx.ModelProto, path: Path, staging: Path, external_data: b
         stale.unlink(missing_ok=True)
 
 
-def _checker_message(error: Exception) -> str:
-    """The checker's first line, plus the line naming the node or tensor when it has one."""
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    context = [line for line in lines[1:] if "Context" in line or "tensor" in line.lower()]
-    return " ".join(lines[:1] + context[:1])
+def _checker_message(error: Exception, proto: onnx.ModelProto) -> str:
+    """The checker's first line, plus the tensors it is about when it does not name them.
+
+    The checker reports a graph input or output without a type or shape as "Field 'shape' of
+    'type' is required but missing", without the tensor's name.
+    """
+    first = str(error).strip().splitlines()[0]
+    if "is required but missing" in first:
+        untyped = [v.name for v in [*proto.graph.input, *proto.graph.output]
+                   if not v.type.HasField("tensor_type") or not v.type.tensor_type.elem_type
+                   or not v.type.tensor_type.HasField("shape")]
+        if untyped:
+            first += f" (graph inputs/outputs without a full type: {untyped})"
+    return first
 
 
 def _remove_abandoned_staging(folder: Path) -> None:

@@ -119,6 +119,7 @@ class Model:
         self.graph.ir_version = self.ir_version
         self.graph.opset = self.opsets.get("", self.graph.opset)
         opset_imports = [onnx.helper.make_opsetid(d, v) for d, v in sorted(self.opsets.items())]
+        fidelity.encodable(self.graph)
         proto = gs.export_onnx(self.graph, do_type_check=False, opset_imports=opset_imports)
         # Intermediate shapes are annotations that rewrites (pruning, reshaping) can make stale,
         # and a stale value_info makes onnxruntime reject the model; runtimes re-infer them.
@@ -217,8 +218,8 @@ class Model:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the initializers (what dominates the file size)."""
-        return sum(int(c.values.nbytes) for c in self.constants())
+        """Bytes of the initializers (what dominates the file size); lazy values stay unread."""
+        return sum(fidelity.nbytes(c) for c in self.constants())
 
     def __len__(self) -> int:
         """Number of nodes in the main graph."""
