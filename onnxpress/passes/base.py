@@ -183,11 +183,40 @@ def resolve(spec: Pass | str) -> Pass:
         if not sep:
             raise PassError(f"pass '{name}': option '{setting}' is not key=value")
         options[key.strip()] = _literal(text.strip())
+    _check_option_types(cls, name, options)
     try:
         return cls(**options)
     except TypeError as e:
         fields = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
         raise PassError(f"pass '{name}': {e}; its options are {fields}") from None
+
+
+def _check_option_types(cls: type[Pass], name: str, options: dict[str, Any]) -> None:
+    """Raise `PassError` when a value's kind differs from its field's default's.
+
+    Command-line values that are not literals arrive as strings; without this, `sparsity=abc`
+    would fail deep in the pass with Python's comparison error.
+    """
+    if not dataclasses.is_dataclass(cls):
+        return
+    for f in dataclasses.fields(cls):
+        if f.name not in options:
+            continue
+        default = (f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                   if f.default_factory is not dataclasses.MISSING else None)
+        value = options[f.name]
+        if isinstance(default, bool):
+            ok, expected = isinstance(value, bool), "True or False"
+        elif isinstance(default, int | float):
+            ok, expected = isinstance(value, int | float) and not isinstance(value, bool), \
+                "a number"
+        elif isinstance(default, tuple | list | frozenset):
+            ok, expected = isinstance(value, tuple | list | str), "a list, e.g. ('a', 'b')"
+        else:
+            continue
+        if not ok:
+            raise PassError(f"pass '{name}': option '{f.name}' expected {expected}, got "
+                            f"{value!r}")
 
 
 def _literal(text: str) -> Any:

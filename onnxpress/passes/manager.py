@@ -164,12 +164,12 @@ class _NumericCheck:
         self.expected: list[list[np.ndarray]] | None = None
 
     def _outputs(self, model: Model) -> list[list[np.ndarray]]:
-        from onnxpress.runtime.data import DataSource
+        from onnxpress.runtime.data import DataSource, batch_size_for
         from onnxpress.runtime.session import session
 
         if self.feeds is None:
             source = self.ctx.data if self.ctx.data is not None else DataSource.random(model)
-            self.feeds = source.take(NUMERIC_SAMPLES)
+            self.feeds = source.take(NUMERIC_SAMPLES, batch_size_for(model, source, 1))
         # Exactness is a property of the graph, not the provider: check on the CPU, which is
         # always there (a tensorrt pipeline can be compiled on a machine without a GPU).
         sess = session(model, "cpu", optimize=False)
