@@ -14,12 +14,12 @@ Placement, per node, from the target's op table (`onnxpress.targets.QRule`):
    the output (onnxruntime's MatMulIntegerToFloat / QGemm), so the residual stream, masks and
    softmax logits stay float.
 2. *Island ops* (Add, Mul, Concat, pools, Sigmoid, data movement) are quantized, on a target
-   with ``int8_islands`` (cpu), only where int8 already flows: every activation input must be the int8 output of a unit planned
-   before it (graph order is topological). onnxruntime fuses ``DQ → op → Q`` only when all
-   inputs come from a DQ, so an Add fed by a float tensor would add a Q/DQ pair and run in
-   float anyway — the Add×79 / Mul×53 left unfused on a Paddle detector. A float constant
-   input (a bias Add, a scale Mul) keeps the op float for the same reason. Inside attention
-   blocks they stay float (``in_attention="float"``).
+   with ``int8_islands`` (cpu), only where int8 already flows: every activation input must be
+   the int8 output of a unit planned before it (graph order is topological). onnxruntime fuses
+   ``DQ → op → Q`` only when all inputs come from a DQ, so an Add fed by a float tensor would
+   add a Q/DQ pair and run in float anyway — the Add×79 / Mul×53 left unfused on a Paddle
+   detector. A float constant input (a bias Add, a scale Mul) keeps the op float for the same
+   reason. Inside attention blocks they stay float (``in_attention="float"``).
 3. The target may decline a node it gains nothing from (`QRule.skip`); the user's
    ``op_types`` / ``exclude`` narrow the choice; int64 shape arithmetic is never touched.
 
