@@ -15,7 +15,8 @@ Each job runs in a fresh process (``common.run_child``), measured after its impo
 - ``load``: ``onnxpress.load(path)``;
 - ``cleanup`` / ``fuse``: ``onnxpress.optimize(path, [pass])`` (load included);
 - ``save``: load, then ``model.save`` into a temporary folder beside the model (external data
-  when the model needs it).
+  when the model needs it);
+- ``fuse+save``: ``fuse``, then save the result (every weight is a new array by then).
 
 "peak / size" is the growth of the peak resident memory (VmHWM after a reset, minus the
 resident size on entry) divided by the model's weight bytes; 1.0 means one copy of the weights.
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import common
 
-JOBS = ("load", "cleanup", "fuse", "save")
+JOBS = ("load", "cleanup", "fuse", "save", "fuse+save")
 BUILD = common.ROOT / "models" / "build"
 
 
@@ -48,7 +49,9 @@ def measure(path: str, job: str) -> dict:
                 model = ox.load(path)
                 model.save(Path(folder) / "saved.onnx")
             else:
-                model = ox.optimize(path, [job])
+                model = ox.optimize(path, [job.removesuffix("+save")])
+                if job.endswith("+save"):
+                    model.save(Path(folder) / "saved.onnx")
         nodes = len(model)
     return {"seconds": cost.seconds, "peak_mib": cost.peak_mib, "nodes": nodes}
 

@@ -32,7 +32,7 @@ def build(size_mb: int, out: Path) -> Path:
     rng = np.random.default_rng(0)
     nodes, initializers = [], []
     offset = 0
-    data = open(out / data_name, "wb") if external else None
+    data = open(out / data_name, "wb") if external else None  # noqa: SIM115 (closed below)
     h = "x"
     for i in range(layers):
         w = (rng.standard_normal((DIM, DIM), np.float32) / np.sqrt(DIM)).astype(np.float32)

@@ -1,4 +1,4 @@
-"""External data: tensor bytes kept in files beside the ``.onnx``, read safely, written atomically.
+"""Tensor bytes outside the proto: read safely and lazily, written atomically and streamed.
 
 A model file is untrusted input, and so are the ``location`` strings of its external tensors.
 Every tensor of a model — initializers, sparse initializers, Constant-node attributes and
@@ -6,16 +6,26 @@ every If / Loop / Scan body, at any depth — is resolved against **the model's 
 (never the current directory): the location must be a relative path without ``..`` whose real
 path stays inside the folder, naming a regular file with one link (no FIFO that would block, no
 device, no hard link to a file elsewhere), and its ``offset`` / ``length`` must lie inside the
-file. The files actually read become the model's ``source_files``, which no save may replace.
+file and match the tensor's shape. The files actually read become the model's
+``source_files``, which no save may replace.
 
-Writing is crash-consistent: ``write`` streams every large tensor into one data file inside a
-private staging folder, names the data file after the SHA-256 of its content
-(``<model>.<hash16>.data``), moves it beside the destination (a new name, so it never replaces
-a file a loaded model reads), and only then publishes the model with a single ``os.replace``.
-A crash before that rename leaves the old model and its old data untouched; after it, the new
-model and its new data. Old or new, never a mix. Data files this module wrote for the same
-destination that nothing references any more are removed afterwards; files of any other name
-are never touched.
+Weights are never parsed into a proto. `lift` scans the protobuf wire format of the model file
+and turns every ``raw_data`` of 1 KiB or more into a reference to the model file itself (at the
+byte offset where the data sits), so inline and external weights alike become `Stored` values:
+a file region memory-mapped copy-on-write when a pass first reads it (writes stay private).
+Exports made with ``weights=False`` carry *stubs* — external references named
+``onnxpress-values:<n>`` standing for a `Stored` region or an `InMemory` array a pass made —
+so shape inference, checks and copies never hold the weights twice, and no message ever
+approaches protobuf's 2 GB limit. `materialize` fills stubs in for onnxruntime.
+
+Writing is crash-consistent: ``externalize`` streams every large tensor into one data file
+inside a private staging folder, names it after the SHA-256 of its content
+(``<model>.<hash16>.data``), and the caller moves it beside the destination (a new name, so it
+never replaces a file a loaded model reads) and only then publishes the model with a single
+``os.replace``. A crash before that rename leaves the old model and its old data untouched;
+after it, the new model and its new data. Old or new, never a mix. Data files this module
+wrote for the same destination that nothing references any more are removed afterwards; files
+of any other name are never touched. `write_inline` streams a single-file model instead.
 """
 
 from __future__ import annotations
@@ -105,14 +115,19 @@ def resolve(tensor: onnx.TensorProto, folder: Path, model_path: Path) -> tuple[P
     where = f"{model_path}: tensor '{tensor.name}'"
     location = info.get("location", "")
     pure = PurePosixPath(location.replace("\\", "/"))
-    if not location or pure.is_absolute() or ".." in pure.parts or ":" in location:
+    if (not location or pure.is_absolute() or ".." in pure.parts or location.startswith(TOKEN)
+            or re.match(r"[A-Za-z]:", location)):
         raise ModelLoadError(f"{where}: external data location {location!r} is not a plain "
                              "relative path inside the model's folder; refusing to read it")
-    root = Path(os.path.realpath(folder))
-    target = Path(os.path.realpath(root / pure))
-    if root != target and root not in target.parents:
-        raise ModelLoadError(f"{where}: external data {location!r} resolves outside the model's "
-                             "folder; refusing to read it")
+    itself = Path(os.path.realpath(model_path))
+    if location == model_path.name:
+        target = itself  # weights inside the model file (see `lift`), wherever it links to
+    else:
+        root = Path(os.path.realpath(folder))
+        target = Path(os.path.realpath(root / pure))
+        if root != target and root not in target.parents:
+            raise ModelLoadError(f"{where}: external data {location!r} resolves outside the "
+                                 "model's folder; refusing to read it")
     try:
         st = os.stat(target)
     except OSError:
@@ -120,7 +135,7 @@ def resolve(tensor: onnx.TensorProto, folder: Path, model_path: Path) -> tuple[P
                              "keep the data file beside the model") from None
     if not stat.S_ISREG(st.st_mode):
         raise ModelLoadError(f"{where}: external data {location!r} is not a regular file")
-    if st.st_nlink > 1 and target != Path(os.path.realpath(model_path)):
+    if st.st_nlink > 1 and target != itself:
         raise ModelLoadError(f"{where}: external data {location!r} is a hard link; copy the "
                              "file instead of linking it")
     try:

@@ -462,7 +462,7 @@ def test_past_the_protobuf_limit_saves_use_external_data_without_a_big_proto(tmp
     save go through stubs and streamed data, and no message is ever serialized whole."""
     from onnxpress.ir import io
 
-    path, weights = _mlp(tmp_path, external_data=False)
+    path, _ = _mlp(tmp_path, external_data=False)
     monkeypatch.setattr(io, "PROTOBUF_LIMIT", 1 << 20)
     serialized = []
     real = onnx.ModelProto.SerializeToString
