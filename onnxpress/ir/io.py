@@ -2,7 +2,9 @@
 
 `load` accepts what users hold — a path, serialized bytes, a ModelProto, a gs.Graph or a
 `Model` — and always returns a fresh `Model` that shares nothing with its argument. Errors
-name the file and say what is wrong with it.
+name the file and say what is wrong with it. A model loaded from a file does not read its
+weights: they are memory-mapped from the file (or its external data, resolved against its
+folder only) when a pass first reads them, see `onnxpress.ir.external`.
 
 `save` is atomic and crash-consistent: the model (and its external data, see
 `onnxpress.ir.external`) is written into a private staging folder beside the destination,
@@ -103,9 +105,6 @@ def _lifted(path: Path) -> bytes:
 def _from_proto(proto: onnx.ModelProto, what: str, source: Path | None = None) -> Model:
     """Check the proto and import it; only a model loaded from a file may keep external data
     (resolved against its folder)."""
-    if source is None and any(external.is_external(t) for t in external.tensors(proto)):
-        raise ModelLoadError(f"{what}: the model keeps tensors in external files, which can "
-                             "only be found beside a model file; load it by its path")
     fidelity.densify_sparse(proto, what)
     try:
         return Model.from_onnx(_checked(proto, what), source=source)

@@ -24,6 +24,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxpress._version import __version__
+from onnxpress.errors import ModelLoadError
 from onnxpress.ir import external, fidelity
 from onnxpress.ir.scopes import iter_graphs
 
@@ -91,7 +92,16 @@ class Model:
     # Conversion
     @classmethod
     def from_onnx(cls, proto: onnx.ModelProto, *, source: Path | None = None) -> Model:
-        """Import a ModelProto (which is not modified)."""
+        """Import a ModelProto (which is not modified).
+
+        Raises:
+            ModelLoadError: the proto references external files; only `onnxpress.load`, given
+                the model's path, may resolve them (against the model's folder).
+        """
+        if source is None and any(external.is_external(t) and external.source_of(t) is None
+                                  for t in external.tensors(proto)):
+            raise ModelLoadError("the model keeps tensors in external files, which can only "
+                                 "be found beside a model file; load it by its path")
         with fidelity.interface_types_kept(proto.graph):
             graph = gs.import_onnx(proto)
         fidelity.keep_node_meta(proto.graph, graph)

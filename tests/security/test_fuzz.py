@@ -12,7 +12,7 @@ must not raise, must keep output names, and must match onnxruntime's outputs on 
 (rtol 1e-3, atol 1e-4 · max(1, |reference|), graph optimizations off), and its result must
 save.
 
-CI runs 20 graphs and 150 mutated files (well under a minute); ``ONNXPRESS_FUZZ=long`` runs
+CI runs 12 graphs and 100 mutated files (well under a minute); ``ONNXPRESS_FUZZ=long`` runs
 2000 graphs and 20000 files, ``ONNXPRESS_FUZZ=<n>`` n graphs and 10n files
 (``--hypothesis-show-statistics`` shows the counts and which passes changed the graphs).
 """
@@ -35,10 +35,11 @@ from onnxpress.testing import run
 
 MODE = os.environ.get("ONNXPRESS_FUZZ", "")
 LONG = MODE == "long" or MODE.isdigit()
-FUZZ = settings(max_examples=int(MODE) if MODE.isdigit() else 2000 if LONG else 20, deadline=None, derandomize=not LONG,
+FUZZ = settings(max_examples=int(MODE) if MODE.isdigit() else 2000 if LONG else 12,
+                deadline=None, derandomize=not LONG,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                        HealthCheck.data_too_large])
-LOADS = settings(FUZZ, max_examples=10 * FUZZ.max_examples if LONG else 150)
+LOADS = settings(FUZZ, max_examples=10 * FUZZ.max_examples if LONG else 100)
 EXACT = sorted(name for name, cls in registered().items() if cls.exact)
 
 
