@@ -17,6 +17,7 @@ from onnxpress.passes.lowrank import LowRank
 from onnxpress.passes.manager import DumpAfterEach, PassManager, PassRecord, Report
 from onnxpress.passes.quantize.dynamic import QuantizeDynamic
 from onnxpress.passes.quantize.sensitivity import MixedPrecision
+from onnxpress.passes.quantize.smoothquant import SmoothQuant
 from onnxpress.passes.quantize.static import QuantizeStatic
 from onnxpress.passes.sparsity.channels import PruneChannels
 from onnxpress.passes.sparsity.magnitude import PruneMagnitude
@@ -28,5 +29,5 @@ __all__ = [
     "FoldConstants", "Fuse", "FuseBatchNorm", "FuseGelu", "FuseGemm", "FuseLayerNorm", "FusePad",
     "FuseTransposes", "LowRank", "MixedPrecision", "Pass", "PassManager", "PassRecord",
     "PassResult", "PruneChannels", "PruneMagnitude", "QuantizeDynamic", "QuantizeStatic",
-    "Reconstruct", "Report", "Sparsify2to4", "get", "registered", "resolve",
+    "Reconstruct", "Report", "SmoothQuant", "Sparsify2to4", "get", "registered", "resolve",
 ]
