@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 import tempfile
+import threading
 import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 from rich.console import Console
@@ -36,15 +40,16 @@ from onnxpress import demo
 from onnxpress._version import __version__
 from onnxpress.api import optimize
 from onnxpress.errors import DataError, OnnxpressError, SaveError
-from onnxpress.ir.io import load
+from onnxpress.ir import fidelity
+from onnxpress.ir.io import check_destination, external_files, load
 from onnxpress.ir.model import Model
 from onnxpress.ir.scopes import iter_graphs
 from onnxpress.passes.base import Context, Pass, resolve
 from onnxpress.passes.calibrate import Calibrate
 from onnxpress.passes.calibrate.calibrate import METHODS
-from onnxpress.passes.manager import PassRecord, Report
 from onnxpress.passes.sparsity.coupling import describe_groups
 from onnxpress.recipes import RECIPE_TARGETS, RECIPES
+from onnxpress.report import PassRecord, Report
 from onnxpress.runtime.bench import benchmark
 from onnxpress.runtime.compare import compare
 from onnxpress.runtime.data import DataSource, as_data_source
@@ -122,8 +127,9 @@ class _PassProgress:
         """Nothing to show before a pass; rich's spinner shows that work is under way."""
 
     def after(self, p: Pass, model: Model, ctx: Context, record: PassRecord) -> None:
-        """Count the pass as done."""
-        self._advance(1)
+        """Count a top-level pass as done (the passes a composite runs are part of it)."""
+        if ctx.manager is None or ctx.manager.depth == 0:
+            self._advance(1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,8 +150,9 @@ def _dtype(dtype: object) -> str:
         return "?"
     try:
         return np.dtype(dtype).name
-    except TypeError:
-        return str(dtype)
+    except TypeError:  # gs keeps types numpy lacks (bfloat16) as ONNX codes
+        return (onnx.TensorProto.DataType.Name(dtype).lower() if isinstance(dtype, int)
+                and dtype in onnx.TensorProto.DataType.values() else str(dtype))
 
 
 def _shape(shape: Sequence | None) -> str:
@@ -213,10 +220,11 @@ def _inspect(args: argparse.Namespace, ui: _Ui) -> None:
 
     by_dtype: dict[str, list[int]] = {}
     for constant in model.constants():
-        entry = by_dtype.setdefault(constant.values.dtype.name, [0, 0, 0])
+        values = constant._values  # LazyValues or an array: unread weights stay unread
+        entry = by_dtype.setdefault(_dtype(values.dtype), [0, 0, 0])
         entry[0] += 1
-        entry[1] += int(constant.values.size)
-        entry[2] += int(constant.values.nbytes)
+        entry[1] += int(np.prod(values.shape, dtype=np.int64))
+        entry[2] += fidelity.nbytes(constant)
     params = Table("dtype", "tensors", "parameters", "bytes",
                    title="parameters (initializers of the main graph)")
     for name, (tensors, size, nbytes) in sorted(by_dtype.items()):
@@ -239,6 +247,7 @@ def _optimize(args: argparse.Namespace, ui: _Ui) -> None:
     if not passes:
         raise _UsageError("--passes: give at least one pass name (see onnxpress.passes)")
     passes = [_calibration_options(resolve(p), args) for p in passes]
+    _check_writes(source, out, args, passes)
     target = args.target or RECIPE_TARGETS.get(args.recipe if not args.passes else "", "cpu")
     model = optimize(source, passes, data=args.data, target=target, verify=args.verify,
                      instruments=[_PassProgress(ui, len(passes))], progress=ui)
@@ -249,6 +258,28 @@ def _optimize(args: argparse.Namespace, ui: _Ui) -> None:
         for key in LONG_STATS & record.stats.keys():
             ui.out.print(f"{record.name}: {key}: {record.stats[key]}")
     ui.out.print(f"wrote {out}: {_change(size_before, out.stat().st_size)}")
+
+
+def _check_writes(source: Path, out: Path, args: argparse.Namespace,
+                  passes: Sequence[Pass]) -> None:
+    """Refuse, before any work, a write over a file the run reads or writes elsewhere.
+
+    The output, and every calibration table a calibrate pass will save, must not be the input
+    model (except the output with --overwrite), a file the input reads (its external data),
+    the data given with --data, another file of this run, a folder or a device.
+    """
+    reads = [(f, "a file the input model reads (its external data)")
+             for f in external_files(source)]
+    if args.data:
+        data = Path(args.data)
+        files = sorted(data.glob("*.npy")) if data.is_dir() else [data]
+        reads += [(f, "the data given with --data") for f in files]
+    tables = [Path(p.save) for p in passes if isinstance(p, Calibrate) and p.save is not None]
+    written: list[tuple[Path, str]] = [(out, "the output model (-o)")]
+    for table in tables:
+        check_destination(table, [(source, "the input model"), *reads, *written])
+        written.append((table, "another calibration table of this run"))
+    check_destination(out, reads + [(t, "a calibration table of this run") for t in tables])
 
 
 def _calibration_options(p: Pass, args: argparse.Namespace) -> Pass:
@@ -449,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         0 on success, 2 on any error the user can fix (one line on stderr).
     """
     args = None
+    previous = _terminate_on_sigterm()
     try:
         args = _parser().parse_args(argv)
         with _Ui() as ui:
@@ -464,6 +496,29 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("onnxpress: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("onnxpress: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that `finally` blocks (a save's staging cleanup)
+    run; Python's default action would end the process without them."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def _terminate_on_sigterm() -> Any:
+    """Turn SIGTERM into `_Terminated`; return the previous handler (None off the main thread,
+    where handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 if __name__ == "__main__":

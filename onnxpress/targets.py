@@ -17,8 +17,11 @@ table; they never hard-code a backend's rules.
 
 from __future__ import annotations
 
+import functools
+import platform
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
 
@@ -156,6 +159,20 @@ class Target:
     symmetric_activations: bool = False
     #: Ops that stay float whatever the table says (numerically fragile in transformers).
     float_ops: frozenset = frozenset({"LayerNormalization", "Softmax"})
+    #: Whether the runtime multiplies uint8 activations by int8 weights in saturating 16-bit
+    #: pairs on this machine (x86 without VNNI): then weights use 7 bits (`weight_bits`).
+    saturating_u8s8: Callable[[], bool] = lambda: False
+
+    @property
+    def weight_bits(self) -> int:
+        """Bits of int8 weights that the target's kernels multiply exactly.
+
+        onnxruntime's u8s8 kernels on x86 without VNNI (AVX2's ``vpmaddubsw``) add two
+        uint8×int8 products in a saturating int16: 255·127·2 = 64,770 overflows it, and the
+        digits CNN measured 98.3 % instead of 99.3 % top-1 that way. With 7-bit weights
+        (255·63·2 = 32,130) nothing saturates — onnxruntime's own `reduce_range`.
+        """
+        return 7 if self.saturating_u8s8() else 8
 
     @property
     def onnxruntime_kernels(self) -> bool:
@@ -175,10 +192,30 @@ class Target:
                 f"'{self.package}' instead of 'onnxruntime'")
 
 
+@functools.cache
+def x86_without_vnni() -> bool:
+    """Whether this is an x86 CPU whose int8 dot products lack VNNI (AVX-512 VNNI, AVX-VNNI
+    or AMX), read from /proc/cpuinfo's flags (Linux) or numpy's CPU feature table."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return False
+    vnni = {"avx512_vnni", "avx_vnni", "amx_int8"}
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("flags"):
+                return not vnni & set(line.split(":", 1)[1].split())
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:  # pragma: no cover - numpy < 2
+        from numpy.core._multiarray_umath import __cpu_features__ as features
+    return not any(features.get(f) for f in ("AVX512_VNNI", "AVX512_CLX", "AVX_VNNI"))
+
+
 TARGETS = {
     # uint8 activations: on x86 onnxruntime fuses int8 activations only after converting them
     # to uint8 itself, and measured slower than FP32 when given int8 (issue #4's figures).
-    "cpu": Target("cpu", ("CPUExecutionProvider",), "onnxruntime", CPU_RULES, np.uint8, False),
+    "cpu": Target("cpu", ("CPUExecutionProvider",), "onnxruntime", CPU_RULES, np.uint8, False,
+                  saturating_u8s8=x86_without_vnni),
     # onnxruntime's CUDA EP has no fused int8 Conv/MatMul (R-A7): quantize for tensorrt instead.
     "cuda": Target("cuda", ("CUDAExecutionProvider", "CPUExecutionProvider"), "onnxruntime-gpu"),
     "tensorrt": Target("tensorrt", ("TensorrtExecutionProvider", "CUDAExecutionProvider",

@@ -27,7 +27,7 @@ from onnxpress.ir import fidelity
 from onnxpress.ir.scopes import iter_graphs
 
 if TYPE_CHECKING:
-    from onnxpress.passes.manager import Report
+    from onnxpress.report import Report
 
 T = TypeVar("T")
 
@@ -49,6 +49,10 @@ class Model:
         pipeline: Passes applied so far, as ``{"name": ..., "options": {...}}`` records; read
             back from the metadata of a model onnxpress wrote, so history accumulates.
         initializer_inputs: Initializers the source also listed as graph inputs.
+        training_info: The source's training_info, written back while the tensors it names
+            still exist (see `fidelity.valid_training_info`).
+        source_files: Real paths of the files the model was read from (the .onnx and its
+            external data); `save` never replaces them.
         report: The `Report` of the last `optimize` run, if the model came out of one.
     """
 
@@ -72,6 +76,8 @@ class Model:
         self.source = source
         self.pipeline: list[dict[str, Any]] = []
         self.initializer_inputs: list[str] = []
+        self.training_info: list[onnx.TrainingInfoProto] = []
+        self.source_files: frozenset[Path] = frozenset()
         self.report: Report | None = None
         self._analyses: dict[Callable[[Model], Any], Any] = {}
         self._names: set[str] = set()
@@ -83,10 +89,11 @@ class Model:
     @classmethod
     def from_onnx(cls, proto: onnx.ModelProto, *, source: Path | None = None) -> Model:
         """Import a ModelProto (which is not modified)."""
-        graph = gs.import_onnx(proto)
+        with fidelity.interface_types_kept(proto.graph):
+            graph = gs.import_onnx(proto)
         fidelity.keep_node_meta(proto.graph, graph)
         metadata = {p.key: p.value for p in proto.metadata_props}
-        recorded = json.loads(metadata.pop(PIPELINE_KEY, "{}") or "{}")
+        recorded = fidelity.recorded_pipeline(metadata.pop(PIPELINE_KEY, ""))
         model = cls(
             graph,
             ir_version=proto.ir_version,
@@ -101,8 +108,10 @@ class Model:
             },
             source=source,
         )
-        model.pipeline = list(recorded.get("passes", []))
+        model.pipeline = recorded
         model.initializer_inputs = fidelity.initializer_inputs(proto)
+        model.training_info = [onnx.TrainingInfoProto.FromString(t.SerializeToString())
+                               for t in proto.training_info]
         return model
 
     def to_onnx(self) -> onnx.ModelProto:
@@ -110,6 +119,7 @@ class Model:
         self.graph.ir_version = self.ir_version
         self.graph.opset = self.opsets.get("", self.graph.opset)
         opset_imports = [onnx.helper.make_opsetid(d, v) for d, v in sorted(self.opsets.items())]
+        fidelity.encodable(self.graph)
         proto = gs.export_onnx(self.graph, do_type_check=False, opset_imports=opset_imports)
         # Intermediate shapes are annotations that rewrites (pruning, reshaping) can make stale,
         # and a stale value_info makes onnxruntime reject the model; runtimes re-infer them.
@@ -125,11 +135,14 @@ class Model:
         if self.pipeline:
             metadata[PIPELINE_KEY] = json.dumps({"version": __version__, "passes": self.pipeline})
         onnx.helper.set_model_props(proto, metadata)
+        proto.training_info.extend(fidelity.valid_training_info(self.training_info, proto))
         return proto
 
     def copy(self) -> Model:
         """A deep copy: no node, tensor or weight array is shared with this model."""
-        return Model.from_onnx(self.to_onnx(), source=self.source)
+        clone = Model.from_onnx(self.to_onnx(), source=self.source)
+        clone.source_files = self.source_files
+        return clone
 
     def adopt(self, other: Model) -> None:
         """Take over `other`'s graph and opsets (a pass that searched over trial copies
@@ -205,8 +218,8 @@ class Model:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the initializers (what dominates the file size)."""
-        return sum(int(c.values.nbytes) for c in self.constants())
+        """Bytes of the initializers (what dominates the file size); lazy values stay unread."""
+        return sum(fidelity.nbytes(c) for c in self.constants())
 
     def __len__(self) -> int:
         """Number of nodes in the main graph."""

@@ -400,7 +400,7 @@ def _replace(model: Model, m: Match, rule: Rule) -> bool:
         raise ValueError(f"rule {rule.name} returned {len(new_outputs)} tensors for "
                          f"{len(old_outputs)} root outputs")
     if any(is_graph_output(graph, old) and is_interface(graph, new)
-           for old, new in zip(old_outputs, new_outputs)):
+           for old, new in zip(old_outputs, new_outputs, strict=True)):
         for node in builder.nodes:  # never inserted: just let go of the tensors they read
             node.inputs.clear()
             node.outputs.clear()
@@ -409,7 +409,7 @@ def _replace(model: Model, m: Match, rule: Rule) -> bool:
         fidelity.tag(node, "onnxpress.rule", rule.name)  # which rewrite made it, as in Netron
     insert_before(graph, m.root, builder.nodes)
     made = {id(t) for node in builder.nodes for t in node.outputs}
-    for old, new in zip(old_outputs, new_outputs):
+    for old, new in zip(old_outputs, new_outputs, strict=True):
         if isinstance(new, gs.Variable) and isinstance(old, gs.Variable):
             new.dtype = new.dtype if new.dtype is not None else old.dtype
             new.shape = new.shape if new.shape is not None else old.shape

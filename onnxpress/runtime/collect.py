@@ -30,7 +30,13 @@ import onnx_graphsurgeon as gs
 from onnxpress.errors import DataError
 from onnxpress.ir import analyses
 from onnxpress.ir.model import Model
-from onnxpress.runtime.data import DataSource, Feeds, as_data_source, input_specs
+from onnxpress.runtime.data import (
+    DataSource,
+    Feeds,
+    as_data_source,
+    batch_size_for,
+    input_specs,
+)
 from onnxpress.runtime.session import session
 from onnxpress.targets import Target
 
@@ -87,7 +93,7 @@ def collect(model: Model, tensors: Sequence[str], data: Any, observers: Mapping[
     _check_tensors(model, tensors, observers)
     # Up front so bad data fails before any probe is built; batches are checked again below.
     source = as_data_source(data, model)
-    batch_size = _batch_size(model, source, batch_size)
+    batch_size = batch_size_for(model, source, batch_size)
     inputs = {spec.name for spec in input_specs(model)}
     step = max_outputs or max(len(tensors), 1)
     groups = [tensors[i:i + step] for i in range(0, len(tensors), step)] or [[]]
@@ -154,16 +160,6 @@ def _check_tensors(model: Model, tensors: Sequence[str], observers: Mapping[str,
                              "values are known without running the model")
         if name not in observers:
             raise ValueError(f"no observer for tensor '{name}'")
-
-
-def _batch_size(model: Model, source: DataSource, requested: int) -> int:
-    """A batch axis the model's inputs fix overrides the request (array sources only)."""
-    fixed = {spec.shape[0] for spec in input_specs(model) if spec.shape}
-    if source.arrays is not None and len(fixed) == 1:
-        (size,) = fixed
-        if isinstance(size, int):
-            return size
-    return requested
 
 
 def _probe(model: Model, names: Sequence[str]) -> Model:

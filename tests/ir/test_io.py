@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -45,7 +47,14 @@ def _facts(proto: onnx.ModelProto) -> dict:
 
 
 def _files(folder) -> list[str]:
-    return sorted(os.listdir(folder))
+    """File names in `folder`, data files shown as ``<model>.<hash>.data``."""
+    return sorted(re.sub(r"\.[0-9a-f]{16}\.data$", ".<hash>.data", n) for n in os.listdir(folder))
+
+
+def _data_file(model_path) -> Path:
+    """The one external data file saved beside `model_path`."""
+    (found,) = Path(model_path).parent.glob(Path(model_path).name + ".*.data")
+    return found
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,13 +274,14 @@ def test_invalid_model_fails_the_checker(tmp_path):
 
 def test_missing_external_data_file(tmp_path):
     path = ZOO["gemm"]().save(tmp_path / "m.onnx", external_data=True)
-    (tmp_path / "m.onnx.data").unlink()
-    assert "m.onnx.data" in str(_load_error(path))
+    data = _data_file(path)
+    data.unlink()
+    assert data.name in str(_load_error(path))
 
 
 def test_truncated_external_data_file(tmp_path):
     path = ZOO["gemm"]().save(tmp_path / "m.onnx", external_data=True)
-    data = tmp_path / "m.onnx.data"
+    data = _data_file(path)
     data.write_bytes(data.read_bytes()[:10])
     assert "m.onnx" in str(_load_error(path))
 
@@ -287,7 +297,7 @@ def test_non_model_object(thing):
 def test_save_leaves_no_temporary_files(tmp_path):
     assert ZOO["conv_bn_relu"]().save(tmp_path / "a.onnx") == tmp_path / "a.onnx"
     ZOO["gemm"]().save(tmp_path / "b.onnx", external_data=True)
-    assert _files(tmp_path) == ["a.onnx", "b.onnx", "b.onnx.data"]
+    assert _files(tmp_path) == ["a.onnx", "b.onnx", "b.onnx.<hash>.data"]
 
 
 def _broken(model: ox.Model) -> ox.Model:
@@ -349,7 +359,7 @@ def test_save_refuses_to_overwrite_source(tmp_path, monkeypatch):
 def test_save_external_data(tmp_path):
     model = ZOO["gemm"]()  # a 10x48 float weight: 1920 bytes, above the 1 KiB threshold
     path = model.save(tmp_path / "big.onnx", external_data=True)
-    data = tmp_path / "big.onnx.data"
+    data = _data_file(path)
     assert data.is_file() and data.stat().st_size >= 10 * 48 * 4
     assert path.stat().st_size < 10 * 48 * 4
     proto = onnx.load(str(path), load_external_data=False)
@@ -363,7 +373,7 @@ def test_save_external_data(tmp_path):
 def test_save_external_data_with_only_small_tensors(tmp_path):
     model = ZOO["conv_bn_relu"]()  # largest tensor: 4x3x3x3 floats = 432 bytes
     path = model.save(tmp_path / "small.onnx", external_data=True)
-    assert set(_files(tmp_path)) <= {"small.onnx", "small.onnx.data"}
+    assert set(_files(tmp_path)) <= {"small.onnx", "small.onnx.<hash>.data"}
     assert_same_outputs(model, ox.load(path), feed_list(model), rtol=0, atol=0)
 
 

@@ -45,7 +45,7 @@ def reference_outputs(names):
     sess = ort.InferenceSession(proto.SerializeToString(), options,
                                 providers=["CPUExecutionProvider"])
     fetch = [n for n in names if n != "input"]
-    return {"input": IMAGES, **dict(zip(fetch, sess.run(fetch, {"input": IMAGES})))}
+    return {"input": IMAGES, **dict(zip(fetch, sess.run(fetch, {"input": IMAGES}), strict=True))}
 
 
 def test_minmax_matches_one_full_batch(digits, tensors):

@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxpress.ir import analyses
+from onnxpress.ir import analyses, fidelity
 from onnxpress.ir.edit import consumers, dead_code, is_graph_output, producer, remove, replace_uses
 from onnxpress.ir.model import Model
 from onnxpress.ir.pattern import constant_node_value
@@ -166,7 +166,7 @@ def _fold_subexpressions(model: Model, size_limit: int) -> tuple[int, int]:
         for t in node.inputs:
             if isinstance(t, gs.Constant) and id(t) not in user_inputs:
                 constant.add(id(t))
-                sources.setdefault(id(t), int(t.values.nbytes))
+                sources.setdefault(id(t), fidelity.nbytes(t))
         if _foldable(node, graph, constant):
             weight = sum(sources.get(id(t), 0) for t in node.inputs)
             for out in node.outputs:

@@ -62,8 +62,11 @@ def _weight_check(m: Match, node: gs.Node) -> str | None:
 
 
 def _bias(node: gs.Node, channels: int) -> np.ndarray:
+    """The bias in float64, in its own shape when it broadcasts against the channel axis
+    (a Gemm's C may be ``[N]``, ``[1, N]``, ``[M, 1]`` or ``[M, N]``; Conv's is ``[C]``)."""
     if len(node.inputs) > 2 and not node.inputs[2].is_empty():
-        return np.broadcast_to(np.asarray(node.inputs[2].values, np.float64), (channels,))
+        bias = np.asarray(node.inputs[2].values, np.float64)
+        return np.broadcast_to(bias, np.broadcast_shapes(bias.shape, (channels,)))
     return np.zeros(channels, np.float64)
 
 

@@ -123,7 +123,6 @@ class FuseGelu(Pass):
     """
 
     name: ClassVar[str] = "fuse-gelu"
-    gauges: ClassVar[frozenset[str]] = frozenset({"candidates"})
     contrib: bool | None = None
 
     def run(self, model: Model, ctx: Context) -> PassResult:

@@ -88,9 +88,6 @@ class FuseGemm(Pass):
     """Turn 2-D MatMul + bias Add into Gemm; leave the others (counted as ``kept_nd``)."""
 
     name: ClassVar[str] = "fuse-gemm"
-    #: ``kept_nd`` describes the model after the pass, not work done: a repeating pipeline
-    #: reports its last value instead of a sum over rounds.
-    gauges: ClassVar[frozenset[str]] = frozenset({"kept_nd"})
 
     def run(self, model: Model, ctx: Context) -> PassResult:
         """Fuse every eligible pair; count the pairs left in place for their rank."""

@@ -341,7 +341,6 @@ class FuseLayerNorm(Pass):
     """
 
     name: ClassVar[str] = "fuse-layernorm"
-    gauges: ClassVar[frozenset[str]] = frozenset({"candidates"})
 
     def run(self, model: Model, ctx: Context) -> PassResult:
         """Fuse every match.

@@ -18,8 +18,10 @@ If ``C`` has other readers, they keep reading the untouched original. The file t
 layouts, but each reader sees exactly the values it saw before. When ``C`` had no other
 reader, the original is dropped on export, since gs keeps initializers only as node inputs.
 At a graph output the new initializer takes the output's name (ONNX allows an initializer as
-a graph output). Inside ``fuse``, cleanup's constant folding already does this everywhere else;
-the rule makes ``fuse-transposes`` complete on its own.
+a graph output); when nodes also read that output, an ``Identity`` of the new initializer
+produces it instead (an initializer already read may not be renamed). Inside ``fuse``,
+cleanup's constant folding already does this everywhere else; the rule makes
+``fuse-transposes`` complete on its own.
 
 Exact: transposes only move elements.
 """
@@ -89,9 +91,15 @@ class ConstantTranspose(Rule):
     def pattern(self, op):
         return op.Transpose(Const("value"), label="transpose")
 
-    def rewrite(self, m: Match, b: Builder) -> gs.Constant:
+    def rewrite(self, m: Match, b: Builder) -> gs.Tensor:
         perm = m.transpose.attrs.get("perm")  # None reverses the axes, as in ONNX
-        return b.const(np.transpose(m.value, perm), "transposed")
+        value = b.const(np.transpose(m.value, perm), "transposed")
+        out = m.transpose.outputs[0]
+        if is_graph_output(b.model.graph, out) and out.outputs:
+            # The driver re-points the readers first, after which the new initializer is in
+            # use and may not take the output's name: an Identity produces the output.
+            return b.op("Identity", value)
+        return value
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from onnxpress.passes.base import Context, Pass, PassResult
 from onnxpress.passes.quantize.qdq import QParams, qparams, quantize_array, weight_qparams
 from onnxpress.passes.quantize.static import QuantizeStatic, fusion_stats, is_transformer
 from onnxpress.runtime.collect import collect
+from onnxpress.runtime.data import batch_size_for
 from onnxpress.runtime.session import session
 
 
@@ -110,7 +111,7 @@ class MixedPrecision(Pass):
 
     def run(self, model: Model, ctx: Context) -> PassResult:
         """Quantize with the fewest float layers that meet the target."""
-        feeds = _take(ctx, self.samples)
+        feeds = _take(model, ctx, self.samples)
         names = [t.name for t in model.graph.outputs]
         unknown = sorted(set(self.outputs or ()) - set(names))
         if unknown:
@@ -174,7 +175,7 @@ class MixedPrecision(Pass):
                      for i, v in x.items()}
             w = np.asarray(node.inputs[rule.weight].values)
             axis = rule.axis(node) if self.quantize.per_channel else None
-            w_hat = fake_quantize(w, weight_qparams(w, axis))
+            w_hat = fake_quantize(w, weight_qparams(w, axis, bits=ctx.target.weight_bits))
             exact = _run_alone(model, node, x, {rule.weight: w})
             approx = _run_alone(model, node, x_hat, {rule.weight: w_hat})
             scores[node.name] = float(np.sum((exact - approx) ** 2)
@@ -207,10 +208,10 @@ def _run_alone(model: Model, node: gs.Node, activations: dict[int, np.ndarray],
     return session(proto.SerializeToString(), "cpu", optimize=False).run(["out"], feeds)[0]
 
 
-def _take(ctx: Context, n: int) -> list[dict[str, np.ndarray]]:
+def _take(model: Model, ctx: Context, n: int) -> list[dict[str, np.ndarray]]:
     """About `n` samples of ctx.data, as the source's own batches."""
     feeds, count = [], 0
-    for feed in ctx.data.batches(min(n, 32)):
+    for feed in ctx.data.batches(batch_size_for(model, ctx.data, min(n, 32))):
         feeds.append(feed)
         count += len(next(iter(feed.values())))
         if count >= n:

@@ -147,17 +147,18 @@ class QuantizeStatic(Pass):
             planner.output(node, rule, chosen, transformer)
         # DequantizeLinear's `axis` (per-channel) exists from opset 13 on.
         per_channel = self.per_channel and model.opset >= 13
+        bits = ctx.target.weight_bits
         weights = 0
         for node, rule, inputs in plans:
             if rule.weight is not None:
-                weights += self._quantize_weight(model, node, rule, inputs, per_channel)
+                weights += self._quantize_weight(model, node, rule, inputs, per_channel, bits)
         for entry in planner.planned.values():
             quantize_activation(model, entry.tensor, entry.params, entry.readers)
         dead_code(model.graph)
         toposort(model.graph)
         stats = {"nodes": len(selected), "activations": len(planner.planned), "weights": weights,
                  "transformer": transformer, "activation_dtype": dtype.name,
-                 "per_channel": per_channel}
+                 "per_channel": per_channel, "weight_bits": bits}
         for node in selected:
             stats[node.op] = stats.get(node.op, 0) + 1
         return stats
@@ -195,10 +196,10 @@ class QuantizeStatic(Pass):
         return selected
 
     def _quantize_weight(self, model: Model, node: gs.Node, rule: QRule,
-                         activation: list[QParams], per_channel: bool) -> int:
+                         activation: list[QParams], per_channel: bool, bits: int) -> int:
         values = np.asarray(node.inputs[rule.weight].values)
         axis = rule.axis(node) if per_channel else None
-        p = weight_qparams(values, axis)
+        p = weight_qparams(values, axis, bits=bits)
         dequantized_constant(model, node, rule.weight, p, values)
         if rule.bias is not None and len(node.inputs) > rule.bias and _float_constant(
                 node, rule.bias) and activation and float(node.attrs.get("beta", 1.0)) == 1.0:

@@ -3,6 +3,7 @@
 import numpy as np
 import onnx
 import pytest
+from zoo import REAL_MODELS
 
 import onnxpress as ox
 from onnxpress.errors import PreconditionError
@@ -12,7 +13,6 @@ from onnxpress.passes.quantize.sensitivity import _cosine, fake_quantize
 from onnxpress.passes.quantize.static import is_quantized
 from onnxpress.runtime.data import DataSource
 from onnxpress.testing import run
-from zoo import REAL_MODELS
 
 TRANSFORMER = next(p for p in REAL_MODELS if p.name == "torch_transformer.onnx")
 

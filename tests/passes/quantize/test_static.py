@@ -32,6 +32,9 @@ from onnxpress.runtime.data import DataSource
 from onnxpress.targets import CPU_RULES, get_target
 from onnxpress.testing import make_model, run
 
+#: Weight levels on this machine's cpu target (63 where u8s8 kernels saturate, else 127).
+LEVELS = 2 ** (get_target("cpu").weight_bits - 1) - 1
+
 HEADER = '<ir_version: 8, opset_import: ["": 17]>'
 CNN_ZOO = ["conv_bn_relu", "residual_add", "depthwise_conv", "gemm", "concat"]
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -157,7 +160,8 @@ def is_output(model: Model, tensor: gs.Tensor) -> bool:
 def weight_dqs(model: Model) -> list[tuple[gs.Node, gs.Node]]:
     """(weighted node, DQ of its weight) for every quantized weight."""
     return [(n, dq_of(n, 1)) for n in model.graph.nodes
-            if n.op in WEIGHTED and reads_dq(n, 1) and isinstance(dq_of(n, 1).inputs[0], gs.Constant)]
+            if n.op in WEIGHTED and reads_dq(n, 1)
+            and isinstance(dq_of(n, 1).inputs[0], gs.Constant)]
 
 
 def weight_bytes(proto: onnx.ModelProto) -> int:
@@ -180,7 +184,7 @@ def test_cpu_conv_weights_are_int8_per_channel_axis0_symmetric(name):
         assert dq.attrs.get("axis") == 0 and scale.shape == (w.shape[0],)
         assert zero.dtype == np.int8 and (zero == 0).all()  # QLinearConv needs equal zps (R-A3)
         amax = np.abs(w).reshape(w.shape[0], -1).max(1)
-        np.testing.assert_allclose(scale, amax / 127, rtol=1e-6)
+        np.testing.assert_allclose(scale, amax / LEVELS, rtol=1e-6)
         np.testing.assert_allclose(stored * scale[:, None, None, None], w,
                                    atol=float(scale.max()) / 2 + 1e-7)
 
