@@ -107,6 +107,8 @@ class SmoothQuant(Pass):
     Attributes:
         alpha: Migration strength in [0, 1]: the share of each channel's range moved from the
             activation into the weights.
+        min_outlier_ratio: Smooth only inputs with outlier channels: ``max_j max|X_j|`` at
+            least this many times ``median_j max|X_j|`` (0: every input).
         batch_size: Samples per inference batch of the measurement.
     """
 
@@ -114,12 +116,16 @@ class SmoothQuant(Pass):
     exact: ClassVar[bool] = True
 
     alpha: float = 0.5
+    min_outlier_ratio: float = 0.0
     batch_size: int = 32
 
     def __post_init__(self) -> None:
         """Validate the options now."""
         if not 0.0 <= self.alpha <= 1.0:
             raise PassError(f"smoothquant: alpha must be in [0, 1], not {self.alpha}")
+        if not self.min_outlier_ratio >= 0:
+            raise PassError("smoothquant: min_outlier_ratio must be ≥ 0, not "
+                            f"{self.min_outlier_ratio}")
         if self.batch_size < 1:
             raise PassError(f"smoothquant: batch_size must be positive, not {self.batch_size}")
 
@@ -131,14 +137,18 @@ class SmoothQuant(Pass):
         """Measure each group's input, then fold or insert its scales."""
         groups = self.groups(model)
         stats = {"alpha": self.alpha, "inputs": 0, "matmuls": 0, "folded": {}, "inserted": 0,
-                 "already_smooth": 0}
+                 "already_smooth": 0, "no_outliers": 0}
         if not groups:
             stats["reason"] = "no MatMul/Gemm with a constant 2-D weight reads an activation"
             return PassResult(False, stats)
         observed = channel_statistics(model, ctx, {g.tensor.name: -1 for g in groups},
                                       batch_size=self.batch_size)
         for group in groups:
-            scale = self.scales(observed[group.tensor.name].absmax(), group)
+            absmax = observed[group.tensor.name].absmax()
+            if absmax.max(initial=0.0) < self.min_outlier_ratio * np.median(absmax):
+                stats["no_outliers"] += 1
+                continue
+            scale = self.scales(absmax, group)
             if np.all(np.abs(np.log(scale)) < TOLERANCE):
                 stats["already_smooth"] += 1
                 continue
