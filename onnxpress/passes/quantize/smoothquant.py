@@ -26,9 +26,18 @@ Where ``X / s`` goes, cheapest first:
    residual Add, keep the exact ``X``). That Mul runs in float before the QuantizeLinear and
    costs latency; the stats count folded and inserted inputs.
 
+``alpha="auto"`` picks ``α`` per input from `ALPHAS` (or no smoothing at all) by the error it
+would leave after int8: on up to `SAMPLE_ROWS` rows of ``X`` kept during the measurement,
+``Σ_readers ‖Q(X') Q(W') − X W‖²`` with ``Q`` the quantizer's own rounding — ``X'`` per tensor
+uint8 over its full observed range ``[min_j min(X_j)/s_j, max_j max(X_j)/s_j]``, ``W'`` per output
+channel at the target's weight bits (`weight_qparams`). A single ``α`` for the whole model
+trades the layers against each other (MiniLM: 0.5 hurts the GELU → FFN-out MatMuls, whose
+weights have outlier rows of their own, while 0.8 is best for the LayerNorm outputs).
+
 Exact in float (up to rounding). Idempotent: re-measuring after smoothing gives
 ``s'_j = (max|X_j|/s_j)^α / (s_j max|W_j|)^(1-α) = 1``, so inputs whose scales are all within
-`TOLERANCE` of 1 are left alone. Run it before ``calibrate`` and ``quantize-static``:
+`TOLERANCE` of 1 are left alone (with ``alpha="auto"`` a second run may still pick another
+``α`` for an input, when that scores better than leaving it). Run it before ``calibrate`` and ``quantize-static``:
 ``["fuse", "smoothquant", Calibrate(...), "quantize-static"]``.
 """
 
@@ -45,13 +54,23 @@ from onnxpress.ir.edit import consumers, insert_after, is_graph_output, producer
 from onnxpress.ir.model import Model
 from onnxpress.passes.base import Context, Pass, PassResult
 from onnxpress.passes.calibrate.channels import channel_statistics, require_data
+from onnxpress.passes.calibrate.observers import PerChannel
+from onnxpress.passes.quantize.qdq import qparams, weight_qparams
+from onnxpress.passes.quantize.sensitivity import fake_quantize
 from onnxpress.passes.sparsity.coupling import set_constant
+from onnxpress.runtime.collect import collect
 
 #: Inputs whose scales all satisfy ``|log s| < TOLERANCE`` are already smooth.
 TOLERANCE = 1e-3
 
 #: Scales are kept in [1 / LIMIT, LIMIT] so that a near-dead channel cannot blow a weight up.
 LIMIT = 1e5
+
+#: Candidates of ``alpha="auto"``.
+ALPHAS = tuple(round(0.3 + 0.05 * i, 2) for i in range(14))
+
+#: Rows of each input kept to score the candidates of ``alpha="auto"``.
+SAMPLE_ROWS = 1024
 
 
 def input_channel_axis(node: gs.Node) -> int | None:
@@ -106,7 +125,7 @@ class SmoothQuant(Pass):
 
     Attributes:
         alpha: Migration strength in [0, 1]: the share of each channel's range moved from the
-            activation into the weights.
+            activation into the weights; "auto" chooses it per input (module docstring).
         min_outlier_ratio: Smooth only inputs with outlier channels: ``max_j max|X_j|`` at
             least this many times ``median_j max|X_j|`` (0: every input).
         batch_size: Samples per inference batch of the measurement.
@@ -115,14 +134,16 @@ class SmoothQuant(Pass):
     name: ClassVar[str] = "smoothquant"
     exact: ClassVar[bool] = True
 
-    alpha: float = 0.5
+    alpha: float | str = 0.5
     min_outlier_ratio: float = 0.0
     batch_size: int = 32
 
     def __post_init__(self) -> None:
         """Validate the options now."""
-        if not 0.0 <= self.alpha <= 1.0:
-            raise PassError(f"smoothquant: alpha must be in [0, 1], not {self.alpha}")
+        if self.alpha != "auto" and not (isinstance(self.alpha, int | float)
+                                         and 0.0 <= self.alpha <= 1.0):
+            raise PassError(f"smoothquant: alpha must be in [0, 1] or 'auto', not "
+                            f"{self.alpha!r}")
         if not self.min_outlier_ratio >= 0:
             raise PassError("smoothquant: min_outlier_ratio must be ≥ 0, not "
                             f"{self.min_outlier_ratio}")
@@ -138,17 +159,28 @@ class SmoothQuant(Pass):
         groups = self.groups(model)
         stats = {"alpha": self.alpha, "inputs": 0, "matmuls": 0, "folded": {}, "inserted": 0,
                  "already_smooth": 0, "no_outliers": 0}
+        if self.alpha == "auto":
+            stats.update(alphas={}, kept_unsmoothed=0)
         if not groups:
             stats["reason"] = "no MatMul/Gemm with a constant 2-D weight reads an activation"
             return PassResult(False, stats)
-        observed = channel_statistics(model, ctx, {g.tensor.name: -1 for g in groups},
-                                      batch_size=self.batch_size)
+        observed, samples = self._measure(model, ctx, groups)
         for group in groups:
-            absmax = observed[group.tensor.name].absmax()
+            channels = observed[group.tensor.name]
+            absmax = channels.absmax()
             if absmax.max(initial=0.0) < self.min_outlier_ratio * np.median(absmax):
                 stats["no_outliers"] += 1
                 continue
-            scale = self.scales(absmax, group)
+            if self.alpha == "auto":
+                alpha = _best_alpha(group, channels, samples[group.tensor.name].rows(),
+                                    ctx.target.weight_bits)
+                if alpha is None:
+                    stats["kept_unsmoothed"] += 1
+                    continue
+                stats["alphas"][str(alpha)] = stats["alphas"].get(str(alpha), 0) + 1
+            else:
+                alpha = self.alpha
+            scale = scales(absmax, group, alpha)
             if np.all(np.abs(np.log(scale)) < TOLERANCE):
                 stats["already_smooth"] += 1
                 continue
@@ -178,19 +210,18 @@ class SmoothQuant(Pass):
             found[id(x)].readers.append(node)
         return [g for g in found.values() if _same_channels(g)]
 
-    def scales(self, activation_absmax: np.ndarray, group: _Group) -> np.ndarray:
-        """``s_j = max|X_j|^α / max|W_j|^(1-α)``, 1 where either side is zero."""
-        weight_absmax = group.weight_absmax()
-        if activation_absmax.shape != weight_absmax.shape:
-            raise PreconditionError(
-                f"smoothquant: tensor '{group.tensor.name}' has {activation_absmax.size} "
-                f"channels on its last axis but its MatMul/Gemm weights have "
-                f"{weight_absmax.size} input channels")
-        live = (activation_absmax > 0) & (weight_absmax > 0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            scale = np.where(live, activation_absmax ** self.alpha
-                             / weight_absmax ** (1.0 - self.alpha), 1.0)
-        return np.clip(scale, 1.0 / LIMIT, LIMIT)
+    def _measure(self, model: Model, ctx: Context, groups: list[_Group]
+                 ) -> tuple[dict[str, PerChannel], dict[str, _RowSample]]:
+        """Per-channel statistics of every group's input (and row samples for "auto")."""
+        names = {g.tensor.name: -1 for g in groups}
+        if self.alpha != "auto":
+            return channel_statistics(model, ctx, names, batch_size=self.batch_size), {}
+        observed = {name: PerChannel(-1, name) for name in names}
+        samples = {name: _RowSample(SAMPLE_ROWS) for name in names}
+        both = {name: _Both(observed[name], samples[name]) for name in names}
+        collect(model, list(names), ctx.data, both, target="cpu", batch_size=self.batch_size,
+                progress=ctx.progress)
+        return observed, samples
 
     def _fold(self, model: Model, group: _Group, scale: np.ndarray) -> str | None:
         """Divide the producer's per-channel constants by `scale`; the op folded into, or None."""
@@ -225,6 +256,79 @@ class SmoothQuant(Pass):
             insert_after(model.graph, source, [mul])
         else:
             model.graph.nodes.insert(0, mul)
+
+
+def scales(activation_absmax: np.ndarray, group: _Group, alpha: float) -> np.ndarray:
+    """``s_j = max|X_j|^α / max|W_j|^(1-α)``, 1 where either side is zero."""
+    weight_absmax = group.weight_absmax()
+    if activation_absmax.shape != weight_absmax.shape:
+        raise PreconditionError(
+            f"smoothquant: tensor '{group.tensor.name}' has {activation_absmax.size} channels "
+            f"on its last axis but its MatMul/Gemm weights have {weight_absmax.size} input "
+            "channels")
+    live = (activation_absmax > 0) & (weight_absmax > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(live, activation_absmax ** alpha / weight_absmax ** (1.0 - alpha), 1.0)
+    return np.clip(scale, 1.0 / LIMIT, LIMIT)
+
+
+class _RowSample:
+    """Keeps the first `limit` rows of ``X`` laid out as ``[rows, K]`` (any leading shape)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.parts: list[np.ndarray] = []
+        self.count = 0
+
+    def update(self, batch: np.ndarray) -> None:
+        if self.count < self.limit:
+            rows = np.asarray(batch).reshape(-1, batch.shape[-1])[: self.limit - self.count]
+            self.parts.append(rows.astype(np.float64))
+            self.count += len(rows)
+
+    def rows(self) -> np.ndarray:
+        return np.concatenate(self.parts)
+
+
+class _Both:
+    """Feeds one tensor to a `PerChannel` and a `_RowSample` (collect takes one observer)."""
+
+    def __init__(self, channels: PerChannel, sample: _RowSample) -> None:
+        self.channels, self.sample = channels, sample
+
+    def update(self, batch: np.ndarray) -> None:
+        self.channels.update(batch)
+        self.sample.update(batch)
+
+
+def _int8_error(group: _Group, channels: PerChannel, rows: np.ndarray, scale: np.ndarray,
+                bits: int) -> float:
+    """``Σ_readers ‖Q(X/s) Q(sW) − X W‖²`` on the sampled rows (module docstring)."""
+    lo = float((channels.min / scale).min())
+    hi = float((channels.max / scale).max())
+    x = fake_quantize(rows / scale, qparams(lo, hi, np.uint8, symmetric=False))
+    error = 0.0
+    for node in group.readers:
+        w = np.asarray(node.inputs[1].values, np.float64)
+        axis = input_channel_axis(node)
+        smoothed = _scale_along(w, axis, scale)
+        wq = fake_quantize(smoothed, weight_qparams(smoothed, 1 - axis, bits=bits))
+        if axis == 1:  # Gemm transB: W is [N, K]
+            w, wq = w.T, wq.T
+        error += float(np.square(x @ wq - rows @ w).sum())
+    return error
+
+
+def _best_alpha(group: _Group, channels: PerChannel, rows: np.ndarray, bits: int
+                ) -> float | None:
+    """The candidate ``α`` with the smallest int8 error; None when not smoothing is best."""
+    absmax = channels.absmax()
+    best, best_error = None, _int8_error(group, channels, rows, np.ones_like(absmax), bits)
+    for alpha in ALPHAS:
+        error = _int8_error(group, channels, rows, scales(absmax, group, alpha), bits)
+        if error < best_error:
+            best, best_error = alpha, error
+    return best
 
 
 def _same_channels(group: _Group) -> bool:
