@@ -23,9 +23,23 @@ the group that reads channel ``i``; a Flatten before a Gemm maps channel ``i`` t
 Chains longer than two layers share layers between pairs, so pairs are equalized in graph order
 and the sweep repeats until every scale is within `TOLERANCE` of 1 (at most `MAX_SWEEPS`);
 the pass is then idempotent. Channels with a zero range on either side keep ``s = 1``.
-Exact in float. Not for HardSwish, SiLU (``x · Sigmoid(x)``), Clip (ReLU6), Sigmoid, Tanh,
-GELU…: ``f(x/s) ≠ f(x)/s``, so those chains are skipped and counted in the stats with the op
-that blocks them. Run after ``fuse`` (a BatchNormalization between the layers blocks too).
+`AbsorbBias` (``absorb-bias``, after ``equalize``) moves the part of ``L1``'s output that never
+goes below a positive floor into the next layer's bias (Nagel et al., §4.2): equalization
+scales some channels up, and a large always-on offset wastes their int8 range. With ``c_i =
+max(0, min over the data of L1's output channel i)`` and a ReLU-family ``f`` in between,
+``f(x − c) = f(x) − c`` wherever ``x ≥ c ≥ 0``, so
+
+    b1' = b1 − c,   b2' = b2 + W2·c   (Conv: Σ over the kernel; Gemm: α·B·c / β)
+
+keeps the outputs on the calibration data; lossy in general (an input whose pre-activation
+dips below ``c`` changes). Only for ``L2`` without padding (a padded border would see ``0``, not
+``−c``) and with a constant bias (a Conv gets one); MaxPool, global pooling and Flatten may
+sit after the activation (they commute with ``− c``).
+
+Equalization is exact in float. Not for HardSwish, SiLU (``x · Sigmoid(x)``), Clip (ReLU6),
+Sigmoid, Tanh, GELU…: ``f(x/s) ≠ f(x)/s``, so those chains are skipped and counted in the
+stats with the op that blocks them. Run after ``fuse`` (a BatchNormalization between the
+layers blocks too).
 """
 
 from __future__ import annotations
@@ -40,6 +54,8 @@ import onnx_graphsurgeon as gs
 from onnxpress.ir.edit import consumers, is_graph_output
 from onnxpress.ir.model import Model
 from onnxpress.passes.base import Context, Pass, PassResult
+from onnxpress.passes.calibrate.channels import channel_statistics, require_data
+from onnxpress.passes.quantize.bias_correction import output_shift
 from onnxpress.passes.quantize.smoothquant import input_channel_axis
 from onnxpress.passes.sparsity.coupling import set_constant
 
@@ -241,3 +257,89 @@ def _worst_ratio(pairs: list[Pair]) -> float:
         if live.size:
             worst = max(worst, float(live.max() / live.min()))
     return round(worst, 3) if math.isfinite(worst) else worst
+
+
+#: Activations through which a positive floor can be moved into the next bias.
+RELU_FAMILY = frozenset({"Relu", "LeakyRelu", "PRelu"})
+
+#: Ops after the activation that commute with subtracting a per-channel constant.
+SHIFT_EQUIVARIANT = frozenset({"MaxPool", "GlobalAveragePool", "GlobalMaxPool", "Flatten"})
+
+
+def _bias(node: gs.Node, size: int) -> np.ndarray | None:
+    """The layer's constant bias as ``[size]`` (None if it has none or it is not constant)."""
+    if len(node.inputs) < 3 or not isinstance(node.inputs[2], gs.Constant):
+        return None
+    bias = np.asarray(node.inputs[2].values)
+    return bias.reshape(-1) if bias.size == size else None
+
+
+def _absorbable(pair: Pair) -> bool:
+    """``L1`` → a ReLU-family op (→ pooling / Flatten) → ``L2``s without padding that can take
+    a bias."""
+    if not pair.through or pair.through[0].op not in RELU_FAMILY or any(
+            n.op not in SHIFT_EQUIVARIANT for n in pair.through[1:]):
+        return False
+    if _bias(pair.first, pair.channels) is None:
+        return False
+    for node in pair.second:
+        if node.op == "Conv":
+            if any(node.attrs.get("pads", [0])) or node.attrs.get("auto_pad", "NOTSET") not in (
+                    "NOTSET", "VALID"):
+                return False
+        elif (node.op != "Gemm" or float(node.attrs.get("beta", 1.0)) == 0.0
+              or _bias(node, np.asarray(node.inputs[1].values).shape[
+                  1 - input_channel_axis(node)]) is None):
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class AbsorbBias(Pass):
+    """Move each ReLU input's positive floor from ``L1``'s bias into ``L2``'s (lossy).
+
+    Attributes:
+        batch_size: Samples per inference batch of the measurement.
+    """
+
+    name: ClassVar[str] = "absorb-bias"
+    exact: ClassVar[bool] = False
+
+    batch_size: int = 32
+
+    def requires(self, model: Model, ctx: Context) -> None:
+        """The floors are measured on the pipeline's data."""
+        require_data(ctx, self.name)
+
+    def run(self, model: Model, ctx: Context) -> PassResult:
+        """Measure every absorbable pair's pre-activation minimum, then move the floors."""
+        pairs = [p for p in find_pairs(model)[0] if _absorbable(p)]
+        stats = {"pairs": 0, "channels": 0}
+        if not pairs:
+            stats["reason"] = "no Conv/Gemm → Relu-family → unpadded Conv/Gemm with biases"
+            return PassResult(False, stats)
+        observed = channel_statistics(model, ctx, {p.first.outputs[0].name: 1 for p in pairs},
+                                      batch_size=self.batch_size)
+        for pair in pairs:
+            floor = np.maximum(observed[pair.first.outputs[0].name].min, 0.0)
+            if not floor.any():
+                continue
+            b1 = np.asarray(pair.first.inputs[2].values)
+            set_constant(model, pair.first, 2,
+                         (b1 - floor.reshape(b1.shape)).astype(b1.dtype))
+            for node in pair.second:
+                if len(node.inputs) < 3:  # a Conv without bias gets one
+                    out = np.asarray(node.inputs[1].values).shape[0]
+                    node.inputs.append(model.constant(f"{node.name}_bias",
+                                                      np.zeros(out, np.float32)))
+                b2 = np.asarray(node.inputs[2].values)
+                w2 = np.asarray(node.inputs[1].values, np.float64)
+                # After a Flatten, channel i is K / C consecutive Gemm inputs.
+                per_input = floor if node.op == "Conv" else np.repeat(
+                    floor, w2.shape[input_channel_axis(node)] // floor.size)
+                shift = output_shift(node, w2, per_input)
+                shift = shift / float(node.attrs.get("beta", 1.0))
+                set_constant(model, node, 2, (b2 + shift.reshape(b2.shape)).astype(b2.dtype))
+            stats["pairs"] += 1
+            stats["channels"] += int((floor > 0).sum())
+        return PassResult(stats["pairs"] > 0, stats)

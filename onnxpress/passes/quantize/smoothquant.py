@@ -26,7 +26,7 @@ Where ``X / s`` goes, cheapest first:
    residual Add, keep the exact ``X``). That Mul runs in float before the QuantizeLinear and
    costs latency; the stats count folded and inserted inputs.
 
-``alpha="auto"`` picks ``α`` per input from `ALPHAS` (or no smoothing at all) by the error it
+``auto_alpha=True`` picks ``α`` per input from `ALPHAS` (or no smoothing at all) by the error it
 would leave after int8: on up to `SAMPLE_ROWS` rows of ``X`` kept during the measurement,
 ``Σ_readers ‖Q(X') Q(W') − X W‖²`` with ``Q`` the quantizer's own rounding — ``X'`` per tensor
 uint8 over its full observed range ``[min_j min(X_j)/s_j, max_j max(X_j)/s_j]``, ``W'`` per output
@@ -36,8 +36,9 @@ weights have outlier rows of their own, while 0.8 is best for the LayerNorm outp
 
 Exact in float (up to rounding). Idempotent: re-measuring after smoothing gives
 ``s'_j = (max|X_j|/s_j)^α / (s_j max|W_j|)^(1-α) = 1``, so inputs whose scales are all within
-`TOLERANCE` of 1 are left alone (with ``alpha="auto"`` a second run may still pick another
-``α`` for an input, when that scores better than leaving it). Run it before ``calibrate`` and ``quantize-static``:
+`TOLERANCE` of 1 are left alone (with ``auto_alpha`` a second run may still pick another
+``α`` for an input, when that scores better than leaving it). Run it before ``calibrate``
+and ``quantize-static``:
 ``["fuse", "smoothquant", Calibrate(...), "quantize-static"]``.
 """
 
@@ -66,10 +67,10 @@ TOLERANCE = 1e-3
 #: Scales are kept in [1 / LIMIT, LIMIT] so that a near-dead channel cannot blow a weight up.
 LIMIT = 1e5
 
-#: Candidates of ``alpha="auto"``.
+#: Candidates of ``auto_alpha``.
 ALPHAS = tuple(round(0.3 + 0.05 * i, 2) for i in range(14))
 
-#: Rows of each input kept to score the candidates of ``alpha="auto"``.
+#: Rows of each input kept to score the candidates of ``auto_alpha``.
 SAMPLE_ROWS = 1024
 
 
@@ -125,7 +126,9 @@ class SmoothQuant(Pass):
 
     Attributes:
         alpha: Migration strength in [0, 1]: the share of each channel's range moved from the
-            activation into the weights; "auto" chooses it per input (module docstring).
+            activation into the weights.
+        auto_alpha: Choose ``α`` per input among `ALPHAS` (or no smoothing) by the int8
+            error it leaves (module docstring); `alpha` is then unused.
         min_outlier_ratio: Smooth only inputs with outlier channels: ``max_j max|X_j|`` at
             least this many times ``median_j max|X_j|`` (0: every input).
         batch_size: Samples per inference batch of the measurement.
@@ -134,16 +137,15 @@ class SmoothQuant(Pass):
     name: ClassVar[str] = "smoothquant"
     exact: ClassVar[bool] = True
 
-    alpha: float | str = 0.5
+    alpha: float = 0.5
+    auto_alpha: bool = False
     min_outlier_ratio: float = 0.0
     batch_size: int = 32
 
     def __post_init__(self) -> None:
         """Validate the options now."""
-        if self.alpha != "auto" and not (isinstance(self.alpha, int | float)
-                                         and 0.0 <= self.alpha <= 1.0):
-            raise PassError(f"smoothquant: alpha must be in [0, 1] or 'auto', not "
-                            f"{self.alpha!r}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise PassError(f"smoothquant: alpha must be in [0, 1], not {self.alpha}")
         if not self.min_outlier_ratio >= 0:
             raise PassError("smoothquant: min_outlier_ratio must be ≥ 0, not "
                             f"{self.min_outlier_ratio}")
@@ -157,9 +159,10 @@ class SmoothQuant(Pass):
     def run(self, model: Model, ctx: Context) -> PassResult:
         """Measure each group's input, then fold or insert its scales."""
         groups = self.groups(model)
-        stats = {"alpha": self.alpha, "inputs": 0, "matmuls": 0, "folded": {}, "inserted": 0,
-                 "already_smooth": 0, "no_outliers": 0}
-        if self.alpha == "auto":
+        stats = {"alpha": "auto" if self.auto_alpha else self.alpha, "inputs": 0,
+                 "matmuls": 0, "folded": {}, "inserted": 0, "already_smooth": 0,
+                 "no_outliers": 0}
+        if self.auto_alpha:
             stats.update(alphas={}, kept_unsmoothed=0)
         if not groups:
             stats["reason"] = "no MatMul/Gemm with a constant 2-D weight reads an activation"
@@ -171,7 +174,7 @@ class SmoothQuant(Pass):
             if absmax.max(initial=0.0) < self.min_outlier_ratio * np.median(absmax):
                 stats["no_outliers"] += 1
                 continue
-            if self.alpha == "auto":
+            if self.auto_alpha:
                 alpha = _best_alpha(group, channels, samples[group.tensor.name].rows(),
                                     ctx.target.weight_bits)
                 if alpha is None:
@@ -212,9 +215,9 @@ class SmoothQuant(Pass):
 
     def _measure(self, model: Model, ctx: Context, groups: list[_Group]
                  ) -> tuple[dict[str, PerChannel], dict[str, _RowSample]]:
-        """Per-channel statistics of every group's input (and row samples for "auto")."""
+        """Per-channel statistics of every group's input (and row samples for `auto_alpha`)."""
         names = {g.tensor.name: -1 for g in groups}
-        if self.alpha != "auto":
+        if not self.auto_alpha:
             return channel_statistics(model, ctx, names, batch_size=self.batch_size), {}
         observed = {name: PerChannel(-1, name) for name in names}
         samples = {name: _RowSample(SAMPLE_ROWS) for name in names}

@@ -38,7 +38,7 @@ def _conv_relu_conv(activation: str = "Relu") -> Model:
 
 
 def _depthwise_separable() -> Model:
-    """pointwise → Relu → depthwise → LeakyRelu → pointwise → GAP → Flatten → Gemm."""
+    """Pointwise → Relu → depthwise → LeakyRelu → pointwise → GAP → Flatten → Gemm."""
     rng = np.random.default_rng(1)
     return graph("(float[N, 4, 8, 8] x) => (float[N, 5] y)", """
         a = Conv (x, pw1, c1)
@@ -124,3 +124,29 @@ def test_digits_per_tensor_int8_improves():
     both = _digits_per_tensor(("equalize", "bias-correction:per_channel=False"))
     assert equalized > plain + 0.3
     assert both > plain + 3
+
+
+def test_absorb_bias_moves_positive_floors_and_keeps_outputs_on_the_data():
+    """Conv (bias +3: every pre-activation stays positive) → Relu → MaxPool → unpadded
+    Conv without bias; the floor moves into a new bias of the second Conv."""
+    rng = np.random.default_rng(3)
+    model = graph("(float[N, 4, 8, 8] x) => (float[N, 6, 6, 6] y)", """
+        h = Conv <pads = [1, 1, 1, 1]> (x, w1, b1)
+        a = Relu (h)
+        p = MaxPool <kernel_shape = [2, 2], strides = [1, 1]> (a)
+        y = Conv (p, w2)""", w1=(rng.standard_normal((8, 4, 3, 3)) * 0.1).astype(np.float32),
+                  b1=np.full(8, 3.0, np.float32),
+                  w2=rng.standard_normal((6, 8, 2, 2)).astype(np.float32))
+    x = rng.standard_normal((16, 4, 8, 8)).astype(np.float32)
+    absorbed = ox.optimize(model, ["absorb-bias"], data=DataSource.from_arrays({"x": x}))
+    stats = absorbed.report["absorb-bias"].stats
+    assert stats == {"pairs": 1, "channels": 8}
+    conv1, conv2 = [n for n in absorbed.graph.nodes if n.op == "Conv"]
+    assert (np.asarray(conv1.inputs[2].values) < 3.0).all() and len(conv2.inputs) == 3
+    assert_same_outputs(model, absorbed, {"x": x}, rtol=1e-4, atol=1e-4)
+
+
+def test_absorb_bias_leaves_padded_second_layers_alone():
+    result = ox.optimize(_conv_relu_conv(), ["absorb-bias"],
+                         data=DataSource.random(_conv_relu_conv(), n=4))
+    assert not result.report["absorb-bias"].changed
