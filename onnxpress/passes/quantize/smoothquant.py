@@ -168,25 +168,13 @@ class SmoothQuant(Pass):
             stats["reason"] = "no MatMul/Gemm with a constant 2-D weight reads an activation"
             return PassResult(False, stats)
         observed, samples = self._measure(model, ctx, groups)
+        # Every scale first: a group that cannot be smoothed fails with the model untouched.
+        planned = []
         for group in groups:
-            channels = observed[group.tensor.name]
-            absmax = channels.absmax()
-            if absmax.max(initial=0.0) < self.min_outlier_ratio * np.median(absmax):
-                stats["no_outliers"] += 1
-                continue
-            if self.auto_alpha:
-                alpha = _best_alpha(group, channels, samples[group.tensor.name].rows(),
-                                    ctx.target.weight_bits)
-                if alpha is None:
-                    stats["kept_unsmoothed"] += 1
-                    continue
-                stats["alphas"][str(alpha)] = stats["alphas"].get(str(alpha), 0) + 1
-            else:
-                alpha = self.alpha
-            scale = scales(absmax, group, alpha)
-            if np.all(np.abs(np.log(scale)) < TOLERANCE):
-                stats["already_smooth"] += 1
-                continue
+            scale = self._plan(group, observed[group.tensor.name], samples, ctx, stats)
+            if scale is not None:
+                planned.append((group, scale))
+        for group, scale in planned:
             for node in group.readers:
                 weight = np.asarray(node.inputs[1].values)
                 set_constant(model, node, 1,
@@ -200,6 +188,27 @@ class SmoothQuant(Pass):
             stats["inputs"] += 1
             stats["matmuls"] += len(group.readers)
         return PassResult(stats["inputs"] > 0, stats)
+
+    def _plan(self, group: _Group, channels: PerChannel, samples: dict[str, _RowSample],
+              ctx: Context, stats: dict) -> np.ndarray | None:
+        """The group's scales, or None (counted in `stats`) when it is left alone."""
+        absmax = channels.absmax()
+        if absmax.max(initial=0.0) < self.min_outlier_ratio * np.median(absmax):
+            stats["no_outliers"] += 1
+            return None
+        alpha = self.alpha
+        if self.auto_alpha:
+            alpha = _best_alpha(group, channels, samples[group.tensor.name].rows(),
+                                ctx.target.weight_bits)
+            if alpha is None:
+                stats["kept_unsmoothed"] += 1
+                return None
+            stats["alphas"][str(alpha)] = stats["alphas"].get(str(alpha), 0) + 1
+        scale = scales(absmax, group, alpha)
+        if np.all(np.abs(np.log(scale)) < TOLERANCE):
+            stats["already_smooth"] += 1
+            return None
+        return scale
 
     def groups(self, model: Model) -> list[_Group]:
         """The activations read by smoothable MatMul/Gemm nodes, in graph order."""
