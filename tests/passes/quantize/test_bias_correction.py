@@ -59,6 +59,29 @@ def test_rounded_weights_with_corrected_bias_keep_the_mean_output():
                                                                           corrected_shift)
 
 
+def test_matmul_add_bias_is_corrected_exactly():
+    """A transformer-style linear layer (3-D MatMul + Add): ``E[x ΔW] = E[x] ΔW`` holds
+    exactly, so the rounded layer's mean output matches the float one to rounding."""
+    rng = np.random.default_rng(4)
+    model = graph("(float[N, 5, 16] x) => (float[N, 5, 8] y)", """
+        h = MatMul (x, w)
+        y = Add (h, b)""", w=rng.standard_normal((16, 8)).astype(np.float32),
+                  b=rng.standard_normal(8).astype(np.float32))
+    x = (rng.random((32, 5, 16)) + 0.5).astype(np.float32)
+    corrected = ox.optimize(model, ["bias-correction"], data=DataSource.from_arrays({"x": x}))
+    assert corrected.report["bias-correction"].stats["layers"] == 1
+    w = np.asarray(model.graph.nodes[0].inputs[1].values)
+    rounded = fake_quantize(w, weight_qparams(w, 1, bits=get_target("cpu").weight_bits))
+    add = corrected.graph.nodes[1]
+    bias = np.asarray(add.inputs[1].values)
+    float_mean = run(model, {"x": x})[0].mean(axis=(0, 1))
+    rounded_mean = (x.astype(np.float64) @ rounded + bias).mean(axis=(0, 1))
+    np.testing.assert_allclose(rounded_mean, float_mean, atol=1e-4)
+    assert np.abs((x.astype(np.float64) @ rounded + np.asarray(model.graph.nodes[1].inputs[1]
+                                                             .values)).mean(axis=(0, 1))
+                  - float_mean).max() > 1e-3
+
+
 def _digits(passes: list) -> float:
     test = dict(np.load(demo.model_path().parent / "digits_test.npz"))
     quantized = ox.optimize(demo.model_path(), ["fuse", *passes, Calibrate(method="percentile"),
