@@ -6,6 +6,7 @@ from onnxpress.passes.cleanup.constants import FoldConstants
 from onnxpress.passes.cleanup.dead_code import EliminateDeadCode
 from onnxpress.passes.cleanup.identity import EliminateIdentity
 from onnxpress.passes.cleanup.pipeline import Cleanup
+from onnxpress.passes.fusion.activations import FuseActivations
 from onnxpress.passes.fusion.batchnorm import FuseBatchNorm
 from onnxpress.passes.fusion.gelu import FuseGelu
 from onnxpress.passes.fusion.gemm import FuseGemm
@@ -27,7 +28,8 @@ from onnxpress.report import PassRecord, Report
 
 __all__ = [
     "Calibrate", "Cleanup", "Context", "DumpAfterEach", "EliminateDeadCode", "EliminateIdentity",
-    "FoldConstants", "Fuse", "FuseBatchNorm", "FuseGelu", "FuseGemm", "FuseLayerNorm", "FusePad",
+    "FoldConstants", "Fuse", "FuseActivations", "FuseBatchNorm", "FuseGelu", "FuseGemm",
+    "FuseLayerNorm", "FusePad",
     "FuseTransposes", "LowRank", "MixedPrecision", "Pass", "PassManager", "PassRecord",
     "PassResult", "PruneChannels", "PruneMagnitude", "QuantizeDynamic", "QuantizeStatic",
     "Reconstruct", "Report", "Sequence", "Sparsify2to4", "get", "registered", "resolve",
