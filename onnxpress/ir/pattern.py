@@ -67,6 +67,7 @@ from onnxpress.ir.edit import (
     replace_uses,
 )
 from onnxpress.ir.model import Model
+from onnxpress.ir.ops import constant_value, rank
 
 COMMUTATIVE = frozenset({"Add", "Mul", "Max", "Min", "And", "Or", "Xor", "Equal", "Sum", "Mean"})
 
@@ -142,34 +143,6 @@ class _OpBuilder:
             return OpPattern(op, tuple(inputs), tuple((attrs or {}).items()), label,
                              more_inputs, domain)
         return build
-
-
-_SCALAR_ATTRS = {
-    "value_float": np.float32, "value_floats": np.float32, "value_int": np.int64,
-    "value_ints": np.int64,
-}
-
-
-def constant_node_value(node: gs.Node) -> np.ndarray | None:
-    """The numeric value of a Constant node; None for other nodes and for the forms onnxpress
-    leaves alone (strings, sparse tensors)."""
-    if node.op != "Constant" or node.domain not in (None, "", "ai.onnx"):
-        return None
-    for key, value in node.attrs.items():
-        if key == "value" and isinstance(value, gs.Constant):
-            array = np.asarray(value.values)
-            return array if array.dtype.kind in "biuf" else None
-        if key in _SCALAR_ATTRS:
-            return np.asarray(value, dtype=_SCALAR_ATTRS[key])
-    return None
-
-
-def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
-    """The value of an initializer or of a Constant node's output; None otherwise."""
-    if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
-    node = producer(tensor)
-    return constant_node_value(node) if node is not None else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -609,7 +582,7 @@ def single_values(m: Match, x: gs.Tensor) -> Reject | None:
     value of rank at most `x`'s (a higher rank would have broadcast the output up). An unknown
     rank is taken as 1: rank-0 activations do not occur in practice.
     """
-    limit = len(x.shape) if x.shape is not None else 1
+    limit = rank(x) or 1
     for node in m.nodes:
         for tensor in node.inputs:
             value = constant_value(tensor)

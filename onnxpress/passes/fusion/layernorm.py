@@ -56,7 +56,7 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxpress.ir import analyses
+from onnxpress.ir import analyses, ops
 from onnxpress.ir.model import Model
 from onnxpress.ir.opset import raise_opset
 from onnxpress.ir.pattern import (
@@ -67,7 +67,6 @@ from onnxpress.ir.pattern import (
     Rule,
     apply_rules,
     candidates,
-    constant_value,
     single_values,
     summarize,
 )
@@ -76,36 +75,21 @@ from onnxpress.passes.base import Context, Pass, PassResult
 #: First default-domain opset with LayerNormalization.
 LAYERNORM_OPSET = 17
 
-FLOATS = (np.float16, np.float32, np.float64)
-
 #: Relative tolerance of a sum's 1/C scaling: float32 rounding of 1/C, with room for fp16.
 COUNT_RTOL = 1e-3
-
-
-def rank(tensor: gs.Tensor) -> int | None:
-    """The rank of `tensor` if known (after the `analyses.shapes` annotation)."""
-    return None if tensor.shape is None else len(tensor.shape)
-
-
-def _reduced_axes(node: gs.Node) -> list[int] | None:
-    """ReduceMean's axes (attribute before opset 18, input from 18); None if not constant."""
-    if "axes" in node.attrs:
-        return [int(a) for a in node.attrs["axes"]]
-    if len(node.inputs) > 1 and not node.inputs[1].is_empty():
-        value = constant_value(node.inputs[1])
-        return None if value is None else [int(a) for a in value.reshape(-1)]
-    return []
 
 
 def _last_axis_only(node: gs.Node, x_rank: int | None) -> Reject | None:
     """Why `node` (a ReduceMean / ReduceSum) does not reduce the last axis only, keeping it."""
     if not node.attrs.get("keepdims", 1):
         return Reject("drops the reduced axis (keepdims=0)", node)
-    axes = _reduced_axes(node)
-    if axes is None:
+    try:
+        axes = ops.axes(node, x_rank)
+    except ops.DynamicOperand:
         return Reject("has non-constant axes", node)
-    last = {-1} if x_rank is None else {-1, x_rank - 1}
-    if len(axes) != 1 or axes[0] not in last:
+    if axes is None:
+        return Reject("reduces every axis, not the last axis only", node)
+    if axes != [-1 if x_rank is None else x_rank - 1]:
         return Reject(f"reduces axes {axes}, not the last axis only", node)
     return None
 
@@ -168,12 +152,12 @@ class LayerNorm(Rule):
                   div_pow=op.Div(d, op.Pow(v, Const(value=0.5))))
 
     def check(self, m):
-        x_rank = rank(m.x)
+        x_rank = ops.rank(m.x)
         for node in (m.mean, m.variance):
             reason = _last_axis_only(node, x_rank)
             if reason is not None:
                 return reason
-        if m.eps.dtype not in FLOATS:
+        if not ops.is_float(m.eps.dtype):
             return Reject(f"x is {m.eps.dtype}, not a float type LayerNormalization accepts")
         if x_rank is None or not isinstance(m.x.shape[-1], int):
             return Reject(f"the last dimension of '{m.x.name}' is not static, and "
@@ -197,7 +181,7 @@ class _FoldAffine(Rule):
     """
 
     def check(self, m):
-        x_rank = rank(m.x)
+        x_rank = ops.rank(m.x)
         axis = int(m.ln.attrs.get("axis", -1))
         if axis != -1 and (x_rank is None or axis != x_rank - 1):
             return Reject(f"normalises from axis {axis}, not the last", m.ln)
@@ -216,10 +200,8 @@ class _FoldAffine(Rule):
     @staticmethod
     def _bias(m: Match) -> np.ndarray | None:
         """The LayerNormalization's bias (zeros when it has none); None if not constant."""
-        inputs = m.ln.inputs
-        if len(inputs) < 3 or inputs[2].is_empty():
-            return np.zeros_like(m.scale)
-        return constant_value(inputs[2])
+        bias = ops.optional_input(m.ln, 2)
+        return np.zeros_like(m.scale) if bias is None else ops.constant_value(bias)
 
     @staticmethod
     def _layernorm(m: Match, b, scale: np.ndarray, bias: np.ndarray) -> gs.Variable:
