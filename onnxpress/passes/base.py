@@ -22,6 +22,7 @@ from onnxpress.progress import Progress, no_progress
 
 if TYPE_CHECKING:
     from onnxpress.ir.model import Model
+    from onnxpress.passes.calibrate.table import CalibrationTable
     from onnxpress.passes.manager import PassManager
     from onnxpress.report import PassRecord
     from onnxpress.runtime.data import DataSource
@@ -58,7 +59,7 @@ class Context:
 
     target: Target
     data: DataSource | None = None
-    calibration: Any = None
+    calibration: CalibrationTable | None = None
     reference: Model | None = None
     progress: Progress = no_progress
     reference_loader: Callable[[], Model] | None = None

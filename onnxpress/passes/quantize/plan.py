@@ -13,13 +13,13 @@ Placement, per node, from the target's op table (`onnxpress.targets.QRule`):
    says how they run: ``weights-only`` quantizes the activation input and the weight but not
    the output (onnxruntime's MatMulIntegerToFloat / QGemm), so the residual stream, masks and
    softmax logits stay float.
-2. *Island ops* (Add, Mul, Concat, pools, Sigmoid, data movement) are quantized only where
-   int8 already flows: every activation input must be the int8 output of a unit planned
-   before it (graph order is topological). onnxruntime fuses ``DQ → op → Q`` only when all
-   inputs come from a DQ, so an Add fed by a float tensor would add a Q/DQ pair and run in
-   float anyway — the Add×79 / Mul×53 left unfused on a Paddle detector. A float constant
-   input (a bias Add, a scale Mul) keeps the op float for the same reason. Inside attention
-   blocks they stay float (``in_attention="float"``).
+2. *Island ops* (Add, Mul, Concat, pools, Sigmoid, data movement) are quantized, on a target
+   with ``int8_islands`` (cpu), only where int8 already flows: every activation input must be
+   the int8 output of a unit planned before it (graph order is topological). onnxruntime fuses
+   ``DQ → op → Q`` only when all inputs come from a DQ, so an Add fed by a float tensor would
+   add a Q/DQ pair and run in float anyway — the Add×79 / Mul×53 left unfused on a Paddle
+   detector. A float constant input (a bias Add, a scale Mul) keeps the op float for the same
+   reason. Inside attention blocks they stay float (``in_attention="float"``).
 3. The target may decline a node it gains nothing from (`QRule.skip`); the user's
    ``op_types`` / ``exclude`` narrow the choice; int64 shape arithmetic is never touched.
 
@@ -95,8 +95,14 @@ class QuantPlan:
     declined: dict[str, str]
 
     def tensors(self) -> list[str]:
-        """Names of the activations that need a calibrated range, in plan order."""
-        return [p.tensor.name for p in self.activations.values() if p.share is None]
+        """Names of the planned activations, in plan order: what calibration measures.
+
+        Data-movement outputs are included although they reuse their input's parameters
+        here: a narrower plan of the same model (``exclude``, ``op_types``, a fallback) only
+        drops units, so every tensor it wraps is in this list, with a range of its own
+        where it no longer shares one.
+        """
+        return [p.tensor.name for p in self.activations.values()]
 
     def names(self) -> list[str]:
         """Names of the quantized nodes."""
@@ -132,7 +138,8 @@ def plan(model: Model, target: Target, *, op_types: Sequence[str] | None = None,
         rule = rules.get(node.op)
         if rule is None or (op_types is not None and node.op not in op_types):
             continue
-        reason = _decline(node, rule, id(node) in blocks, int8, exclude, skip_unprofitable)
+        reason = _decline(node, rule, id(node) in blocks, int8 if target.int8_islands else None,
+                          exclude, skip_unprofitable)
         if reason:
             declined[node.name] = reason
             continue
@@ -144,9 +151,10 @@ def plan(model: Model, target: Target, *, op_types: Sequence[str] | None = None,
     return QuantPlan(units, _activations(graph, units, target), declined)
 
 
-def _decline(node: gs.Node, rule: QRule, in_block: bool, int8: set[int],
+def _decline(node: gs.Node, rule: QRule, in_block: bool, int8: set[int] | None,
              exclude: Sequence[str], skip_unprofitable: bool) -> str | None:
-    """Why `node` stays float, or None to quantize it."""
+    """Why `node` stays float, or None to quantize it (`int8`: the tensors that carry a Q so
+    far, on a target whose ops without weights fuse only between int8 units; else None)."""
     if matches(node, exclude):
         return "excluded"
     if in_block and rule.in_attention == "float":
@@ -156,9 +164,9 @@ def _decline(node: gs.Node, rule: QRule, in_block: bool, int8: set[int],
     inputs = rule.inputs(node)
     if not all(_float(node.inputs[i]) for i in inputs):
         return "non-float input"
-    if rule.weight is None:
-        if not inputs:
-            return "no activation input"
+    if rule.weight is None and not inputs:
+        return "no activation input"
+    if rule.weight is None and int8 is not None:
         if any(float_constant(node, i) for i in range(len(node.inputs))):
             return "float constant input (the unit would not fuse)"
         if not all(id(node.inputs[i]) in int8 for i in inputs):
