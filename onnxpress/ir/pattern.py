@@ -573,18 +573,21 @@ def _explain_one(model: Model, rule: Rule) -> str:
 
 # --------------------------------------------------------------------------------------------
 # Helpers the decomposed-op fusions share
-def single_values(m: Match, x: gs.Tensor) -> Reject | None:
+def single_values(m: Match, x: gs.Tensor, skip: Sequence[gs.Tensor] = ()) -> Reject | None:
     """Why some constant operand of the matched nodes is not a lone value broadcast over `x`.
 
     Rules compare constants by value with broadcasting, so ``[0.5, 0.5]`` or a ``[1, 1, 1]``
     shaped 0.5 would match too; but a fused elementwise op maps `x` to a tensor of `x`'s
     shape, which is only what the decomposed graph computed when every constant is a single
     value of rank at most `x`'s (a higher rank would have broadcast the output up). An unknown
-    rank is taken as 1: rank-0 activations do not occur in practice.
+    rank is taken as 1: rank-0 activations do not occur in practice. Tensors in `skip` (a
+    per-channel scale the rule checks itself) are not looked at.
     """
     limit = rank(x) or 1
     for node in m.nodes:
         for tensor in node.inputs:
+            if any(tensor is t for t in skip):
+                continue
             value = constant_value(tensor)
             if value is None:
                 continue

@@ -18,6 +18,8 @@ written models). One rule, with an alternation (`Or`) per part, recognises every
                (flax: E[x²] - E[x]², clamped at 0), x² and m² as Mul or Pow 2
     normalise  Div(d, Sqrt(v))  |  Mul(d, Reciprocal(Sqrt(v)))  |  Mul(d, Pow(v, -0.5))
                |  Div(d, Pow(v, 0.5))                               v = Add(variance, eps)
+               |  Mul(d, Mul(rsqrt(v), gamma))   (flax scales 1/sqrt before the product;
+                  gamma, one value per channel, becomes the LayerNormalization's scale)
 
 (commuted Add / Mul operands included, by the matcher; the match's tags say which form it was)
 and replace it with
@@ -126,6 +128,17 @@ def _sums_scaled_by_count(m: Match, channels: int) -> Reject | None:
     return None
 
 
+def _per_channel(k: np.ndarray, x: gs.Tensor, channels: int) -> Reject | None:
+    """Why the constant `k` is not one value per channel of `x` (a scalar, ``[C]`` or
+    ``[1, …, 1, C]`` of no higher rank than `x`, which would broadcast the output up)."""
+    x_rank = ops.rank(x)
+    if k.ndim > (x_rank if x_rank is not None else 1):
+        return Reject(f"the constant has rank {k.ndim}, above the rank of '{x.name}'")
+    if any(dim != 1 for dim in k.shape[:-1]) or (k.ndim and k.shape[-1] not in (1, channels)):
+        return Reject(f"the constant of shape {list(k.shape)} is not one value per channel")
+    return None
+
+
 class LayerNorm(Rule):
     """Decomposed normalisation over the last axis → LayerNormalization(x, 1, 0).
 
@@ -146,10 +159,14 @@ class LayerNorm(Rule):
         variance = Or("variance", centred=_average(op, square, "variance"), moments=moments,
                       moments_clamped=op.Max(moments, Const(value=0.0)))
         v = op.Add(variance, Const("eps"))
+        reciprocal_sqrt = op.Reciprocal(op.Sqrt(v))
+        rsqrt = op.Pow(v, Const(value=-0.5))
         return Or("normalize", div_sqrt=op.Div(d, op.Sqrt(v)),
-                  mul_reciprocal_sqrt=op.Mul(d, op.Reciprocal(op.Sqrt(v))),
-                  mul_pow=op.Mul(d, op.Pow(v, Const(value=-0.5))),
-                  div_pow=op.Div(d, op.Pow(v, Const(value=0.5))))
+                  mul_reciprocal_sqrt=op.Mul(d, reciprocal_sqrt), mul_pow=op.Mul(d, rsqrt),
+                  div_pow=op.Div(d, op.Pow(v, Const(value=0.5))),
+                  # flax: d * (rsqrt(var + eps) * scale), the scale before the product
+                  scaled=op.Mul(d, op.Mul(Or("rsqrt", reciprocal_sqrt=reciprocal_sqrt,
+                                                 pow=rsqrt), Const("gamma"))))
 
     def check(self, m):
         x_rank = ops.rank(m.x)
@@ -162,11 +179,17 @@ class LayerNorm(Rule):
         if x_rank is None or not isinstance(m.x.shape[-1], int):
             return Reject(f"the last dimension of '{m.x.name}' is not static, and "
                           "LayerNormalization needs a scale of that size")
-        return single_values(m, m.x) or _sums_scaled_by_count(m, m.x.shape[-1])
+        gamma = m.tensors.get("gamma")
+        if gamma is not None and (reason := _per_channel(m.gamma, m.x, m.x.shape[-1])):
+            return reason
+        return (single_values(m, m.x, skip=[gamma] if gamma is not None else ())
+                or _sums_scaled_by_count(m, m.x.shape[-1]))
 
     def rewrite(self, m, b):
         channels, dtype = m.x.shape[-1], m.eps.dtype
-        return b.op("LayerNormalization", m.x, b.const(np.ones(channels, dtype), "scale"),
+        scale = (np.broadcast_to(m.gamma.reshape(-1), channels).astype(dtype)
+                 if "gamma" in m.bindings else np.ones(channels, dtype))
+        return b.op("LayerNormalization", m.x, b.const(scale, "scale"),
                     b.const(np.zeros(channels, dtype), "bias"),
                     attrs={"axis": -1, "epsilon": float(m.eps.reshape(-1)[0])})
 
@@ -189,13 +212,7 @@ class _FoldAffine(Rule):
             return Reject(f"has a scale of rank {m.scale.ndim}, not 1", m.ln)
         if self._bias(m) is None:
             return Reject("has a non-constant bias", m.ln)
-        k = m.k
-        if k.ndim > (x_rank if x_rank is not None else 1):
-            return Reject(f"the constant has rank {k.ndim}, above the rank of '{m.x.name}'")
-        if any(dim != 1 for dim in k.shape[:-1]) or (k.ndim and k.shape[-1] not in
-                                                     (1, m.scale.size)):
-            return Reject(f"the constant of shape {list(k.shape)} is not one value per channel")
-        return None
+        return _per_channel(m.k, m.x, m.scale.size)
 
     @staticmethod
     def _bias(m: Match) -> np.ndarray | None:

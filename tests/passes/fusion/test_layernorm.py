@@ -310,6 +310,46 @@ def test_reduce_sum_and_moments_forms_fuse(form):
     assert_same_outputs(reference, model, feeds(), rtol=1e-4, atol=1e-5)
 
 
+FLAX = """<ir_version: 8, opset_import: ["": 17]>
+g (float[2, 5, 8] x) => (float[2, 5, 8] y{outputs}) {{
+    s1 = ReduceSum<keepdims=1>(x, axes)
+    mean = Div(s1, count)
+    xx = Mul(x, x)
+    s2 = ReduceSum<keepdims=1>(xx, axes)
+    ex2 = Div(s2, count)
+    mm = Mul(mean, mean)
+    v0 = Sub(ex2, mm)
+    var = Max(v0, zero)
+    ve = Add(var, eps)
+    std = Sqrt(ve)
+    inv = Reciprocal(std)
+    k = Mul(inv, gamma)
+    d = Sub(x, mean)
+    n = Mul(d, k)
+    y = Add(n, beta)
+    {extra}
+}}"""
+
+
+def test_flax_layernorm_with_the_scale_inside_fuses():
+    # flax.linen.LayerNorm via jax2tf: mul = rsqrt(var + eps) * scale; y = (x - mean) * mul.
+    model = make_model(FLAX.format(outputs="", extra=""), **jax_constants())
+    reference = model.copy()
+    [m] = find(model, LayerNorm())
+    assert m.tags["normalize"] == "scaled" and m.tags["variance"] == "moments_clamped"
+    result = fuse(model)
+    assert dict(result.stats) == {"fused": 1, "LayerNorm": 1, "FoldBias": 1}
+    (ln,) = model.graph.nodes
+    np.testing.assert_allclose(ln.inputs[1].values, constants()["gamma"])
+    assert_same_outputs(reference, model, feeds(), rtol=1e-4, atol=1e-5)
+
+
+def test_flax_layernorm_whose_scaled_inverse_is_read_elsewhere_does_not_fuse():
+    model = make_model(FLAX.format(outputs=", float z", extra="z = Neg(k)"), **jax_constants())
+    assert not fuse(model).changed
+    assert "also read by" in explain(model, LayerNorm())
+
+
 @pytest.mark.parametrize("form", ["sum_div", "sum_mul_moments"])
 def test_sum_scaled_by_another_count_does_not_fuse(form):
     # Dividing a sum over 8 values by 7 is not a mean.
