@@ -394,3 +394,18 @@ def test_explain_names_the_failing_condition():
     assert "is Relu, pattern wants Neg" in explain(model, DoubleNeg())
     assert "no Mul node" in explain(model, Square())
     assert "matches" in explain(_model("y = Mul (x, x)"), Square())
+
+
+def test_the_rule_api_is_exported_from_the_ir_without_an_import_cycle():
+    # ir.pattern once imported passes.base, and re-exporting Rule from onnxpress.ir then broke
+    # `import onnxpress` with a circular import; the IR now imports nothing above it.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import onnxpress
+
+    code = "from onnxpress.ir import Or, Reject, Rule, apply_rules; import onnxpress; print('ok')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=Path(onnxpress.__file__).parents[1])
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
