@@ -474,6 +474,11 @@ def apply_rules(model: Model, rules: Sequence[Rule], *, max_sweeps: int = 16) ->
 
     Returns:
         How many times each rule fired, by rule name, in `rules` order (zeros included).
+
+    Raises:
+        RuleError: Rules still fired in sweep `max_sweeps`: a rewrite that produces what
+            its own (or another rule's) pattern matches again would loop forever, and
+            stopping silently would leave the graph half rewritten.
     """
     graph = model.graph
     by_op: dict[str, list[Rule]] = {}
@@ -485,7 +490,7 @@ def apply_rules(model: Model, rules: Sequence[Rule], *, max_sweeps: int = 16) ->
         raise ValueError("apply_rules: two rules share a name, so their counts would merge; "
                          "override Rule.name")
     for _ in range(max_sweeps):
-        fired = False
+        fired: list[str] = []
         removed: set[int] = set()
         for node in list(graph.nodes):
             if id(node) in removed:
@@ -496,11 +501,13 @@ def apply_rules(model: Model, rules: Sequence[Rule], *, max_sweeps: int = 16) ->
                     continue
                 removed.update(id(n) for n in m.nodes)
                 counts[rule.name] += 1
-                fired = True
+                fired.append(rule.name)
                 break
         if not fired:
-            break
-    return counts
+            return counts
+    raise RuleError(f"rules did not settle in {max_sweeps} sweeps: "
+                    f"{', '.join(dict.fromkeys(fired))} still fired in the last one; does a "
+                    "rewrite produce what a pattern matches again?")
 
 
 def _replace(model: Model, m: Match, rule: Rule) -> bool:

@@ -409,3 +409,12 @@ def test_the_rule_api_is_exported_from_the_ir_without_an_import_cycle():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, cwd=Path(onnxpress.__file__).parents[1])
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_a_rule_that_matches_its_own_rewrite_is_an_error_not_a_silent_stop():
+    class Grows(Square):
+        def rewrite(self, m, b):  # x * x again: it would fire forever
+            return b.op("Mul", m.x, m.x)
+
+    with pytest.raises(RuleError, match="did not settle in 4 sweeps: Grows still fired"):
+        apply_rules(_model("y = Mul (x, x)"), [Grows()], max_sweeps=4)
