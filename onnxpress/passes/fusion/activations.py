@@ -27,8 +27,9 @@ both of its ops (QLinearSigmoid, QLinearMul).
 
 Why: a quantizer puts Q/DQ around every float op it cannot fuse, so a four-op HardSwish costs
 four float round trips where the single op costs one. onnxruntime's CPU QDQ transformer
-(``qdq_selector_action_transformer.cc``, ``UnaryOpQDQRules`` / ``BinaryOpQDQRules``) has int8
-kernels for these activation-like ops, and none for the others:
+(microsoft/onnxruntime ``onnxruntime/core/optimizer/qdq_transformer/selectors_actions/
+qdq_selector_action_transformer.cc`` at 008eeb96, ``UnaryOpQDQRules`` / ``BinaryOpQDQRules``)
+has int8 kernels for these activation-like ops, and none for the others:
 
     =====================================  ==========================================
     op (DQ → op → Q)                       int8 path on onnxruntime CPU
