@@ -44,6 +44,7 @@ import onnx_graphsurgeon as gs
 from onnxpress.ir import analyses
 from onnxpress.ir.edit import consumers, is_graph_output
 from onnxpress.ir.model import Model
+from onnxpress.ir.ops import is_float, optional_input
 from onnxpress.targets import QRule, Target, attention_blocks
 
 #: Activations whose Q onnxruntime folds into the producing unit's output range.
@@ -229,10 +230,12 @@ def _after_activation(graph: gs.Graph, out: gs.Variable, target: Target) -> gs.V
 
 def _float(tensor: gs.Tensor) -> bool:
     """A float activation, or one whose type inference could not tell (after contrib ops)."""
-    return tensor.dtype is None or np.issubdtype(np.dtype(tensor.dtype), np.floating)
+    return tensor.dtype is None or is_float(tensor.dtype)
 
 
 def float_constant(node: gs.Node, index: int) -> bool:
-    """Whether input `index` of `node` is a float32/float64 initializer."""
-    t = node.inputs[index] if index < len(node.inputs) else None
+    """Whether input `index` of `node` is a float32/float64 initializer — the weights the Q/DQ
+    primitive stores (its DequantizeLinear scales are float32, so an fp16 graph would get
+    float32 where it reads fp16)."""
+    t = optional_input(node, index)
     return isinstance(t, gs.Constant) and np.asarray(t.values).dtype in (np.float32, np.float64)
