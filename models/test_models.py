@@ -53,7 +53,7 @@ import dataclasses
 import functools
 import io
 import pathlib
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -627,7 +627,7 @@ def verify(path, reference):
         actual = session.run(None, feeds)
         expected = reference(feeds)
         assert len(actual) == len(expected) == len(model.graph.output), path
-        for got, want in zip(actual, expected):
+        for got, want in zip(actual, expected, strict=True):
             np.testing.assert_allclose(got, want, rtol=TOLERANCE, atol=TOLERANCE)
 
 

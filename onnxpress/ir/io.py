@@ -103,11 +103,14 @@ def _lifted(path: Path) -> bytes:
 
 
 def _from_proto(proto: onnx.ModelProto, what: str, source: Path | None = None) -> Model:
-    """Check the proto and import it; only a model loaded from a file may keep external data
-    (resolved against its folder)."""
+    """Check the proto and import it.
+
+    Only a model loaded from a file may keep external data (resolved against its folder).
+    """
     fidelity.densify_sparse(proto, what)
+    _checked(proto, what)
     try:
-        return Model.from_onnx(_checked(proto, what), source=source)
+        return Model.from_onnx(proto, source=source)
     except ModelLoadError as e:
         raise ModelLoadError(f"{what}: {e}") from None
 
@@ -132,6 +135,9 @@ def _checked(proto: onnx.ModelProto, what: str) -> onnx.ModelProto:
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0]
         raise ModelLoadError(f"{what}: invalid ONNX model: {first}") from None
+    except UnicodeDecodeError:  # the checker cannot even report on such a name
+        raise ModelLoadError(f"{what}: invalid ONNX model: a name or string field is not "
+                             "valid UTF-8 (is the file corrupt?)") from None
     return proto
 
 

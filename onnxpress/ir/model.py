@@ -29,7 +29,7 @@ from onnxpress.ir import external, fidelity
 from onnxpress.ir.scopes import iter_graphs
 
 if TYPE_CHECKING:
-    from onnxpress.passes.manager import Report
+    from onnxpress.report import Report
 
 T = TypeVar("T")
 

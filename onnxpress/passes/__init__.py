@@ -14,19 +14,21 @@ from onnxpress.passes.fusion.pad import FusePad
 from onnxpress.passes.fusion.pipeline import Fuse
 from onnxpress.passes.fusion.transpose import FuseTransposes
 from onnxpress.passes.lowrank import LowRank
-from onnxpress.passes.manager import DumpAfterEach, PassManager, PassRecord, Report
+from onnxpress.passes.manager import DumpAfterEach, PassManager
 from onnxpress.passes.quantize.dynamic import QuantizeDynamic
 from onnxpress.passes.quantize.sensitivity import MixedPrecision
 from onnxpress.passes.quantize.static import QuantizeStatic
+from onnxpress.passes.sequence import Sequence
 from onnxpress.passes.sparsity.channels import PruneChannels
 from onnxpress.passes.sparsity.magnitude import PruneMagnitude
 from onnxpress.passes.sparsity.reconstruct import Reconstruct
 from onnxpress.passes.sparsity.semi_structured import Sparsify2to4
+from onnxpress.report import PassRecord, Report
 
 __all__ = [
     "Calibrate", "Cleanup", "Context", "DumpAfterEach", "EliminateDeadCode", "EliminateIdentity",
     "FoldConstants", "Fuse", "FuseBatchNorm", "FuseGelu", "FuseGemm", "FuseLayerNorm", "FusePad",
     "FuseTransposes", "LowRank", "MixedPrecision", "Pass", "PassManager", "PassRecord",
     "PassResult", "PruneChannels", "PruneMagnitude", "QuantizeDynamic", "QuantizeStatic",
-    "Reconstruct", "Report", "Sparsify2to4", "get", "registered", "resolve",
+    "Reconstruct", "Report", "Sequence", "Sparsify2to4", "get", "registered", "resolve",
 ]

@@ -18,9 +18,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from onnxpress.errors import PassError
+from onnxpress.progress import Progress, no_progress
 
 if TYPE_CHECKING:
     from onnxpress.ir.model import Model
+    from onnxpress.passes.calibrate.table import CalibrationTable
+    from onnxpress.passes.manager import PassManager
+    from onnxpress.report import PassRecord
     from onnxpress.runtime.data import DataSource
     from onnxpress.targets import Target
 
@@ -33,11 +37,6 @@ class PassResult:
 
     changed: bool
     stats: Mapping[str, Any] = field(default_factory=dict)
-
-
-def no_progress(description: str, total: int | None = None) -> Callable[[int], None]:
-    """The default progress sink: ignores progress reports."""
-    return lambda advance=1: None
 
 
 @dataclass
@@ -54,15 +53,31 @@ class Context:
             user's input, which is never modified), so a pipeline that needs no teacher never
             holds a second copy of a large model.
         progress: ``progress(description, total)`` returns an ``advance(n=1)`` callback; the
-            CLI draws rich progress bars with it.
+            CLI draws rich progress bars with it (`onnxpress.progress`).
+        manager: The `PassManager` running the pipeline; `run` hands nested passes to it.
     """
 
     target: Target
     data: DataSource | None = None
-    calibration: Any = None
+    calibration: CalibrationTable | None = None
     reference: Model | None = None
-    progress: Callable[..., Callable[[int], None]] = no_progress
+    progress: Progress = no_progress
     reference_loader: Callable[[], Model] | None = None
+    manager: PassManager | None = None
+
+    def run(self, p: Pass, model: Model) -> PassRecord:
+        """Run `p` on `model` through the pipeline's one entry point (requires, run,
+        invalidate, verify, record, instruments), nested under the pass that calls this.
+
+        Composite passes and searches run their inner passes this way, never with `run()`
+        directly. Outside a pipeline (a pass's `run` called by hand) a manager that only
+        checks structure is made for the purpose.
+        """
+        if self.manager is None:
+            from onnxpress.passes.manager import PassManager
+
+            self.manager = PassManager([])
+        return self.manager.run_one(p, model, self)
 
     def teacher(self) -> Model | None:
         """The untouched input model (loaded once, on first use), or None if there is none."""
@@ -79,14 +94,14 @@ class Pass:
         exact: Whether the pass preserves outputs within float tolerance.
         preserves: Analyses (functions) still valid after the pass changes the model.
         rtol, atol: Tolerance of numeric verification for an exact pass.
-        gauges: Stats that describe the model rather than count work done (composite passes
-            keep their last value instead of summing them over rounds).
+        composite: Every change the pass makes is made by the passes it runs through
+            `Context.run` on the same model, each verified on its own (`passes.sequence`).
     """
 
     name: ClassVar[str]
     exact: ClassVar[bool] = True
     preserves: ClassVar[frozenset] = frozenset()
-    gauges: ClassVar[frozenset[str]] = frozenset()
+    composite: ClassVar[bool] = False
     rtol: ClassVar[float] = 1e-4
     atol: ClassVar[float] = 1e-5
 

@@ -33,7 +33,7 @@ from rich.table import Table
 
 from onnxpress.errors import DataError, VerificationError
 from onnxpress.ir.io import ModelLike, load
-from onnxpress.passes.base import no_progress
+from onnxpress.progress import no_progress
 from onnxpress.runtime.data import Feeds, as_data_source, batch_size_for
 from onnxpress.runtime.session import session
 from onnxpress.targets import Target
@@ -108,7 +108,7 @@ class Comparison:
         return table
 
 
-class _Accumulator:
+class OutputAccumulator:
     """Running sums for one output pair; memory independent of the number of batches."""
 
     def __init__(self, name: str) -> None:
@@ -221,7 +221,7 @@ def compare(reference: ModelLike, candidate: ModelLike, data, *, target: Target 
         if not np.issubdtype(labels.dtype, np.integer):
             raise DataError(f"labels must be integer class indices, not {labels.dtype}")
     batch_size = batch_size_for(reference, source, batch_size)
-    accumulators = [_Accumulator(r if r == c else f"{r} / {c}")
+    accumulators = [OutputAccumulator(r if r == c else f"{r} / {c}")
                     for r, c in zip(ref_names, cand_names, strict=True)]
     ref_sess, cand_sess = session(reference, target), session(candidate, target)
     total = None if source.arrays is None else math.ceil(len(source) / batch_size)

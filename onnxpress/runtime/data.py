@@ -240,7 +240,7 @@ class DataSource:
             if array.ndim != len(spec.shape):
                 raise DataError(f"{self.origin}: input '{name}' has shape {array.shape}, the "
                                 f"model expects rank {len(spec.shape)} {spec.shape}")
-            for axis, (got, want) in enumerate(zip(array.shape, spec.shape)):
+            for axis, (got, want) in enumerate(zip(array.shape, spec.shape, strict=True)):
                 # Axis 0 of array sources counts samples; batches take the model's size there.
                 if isinstance(want, int) and got != want and not (axis == 0 and self.arrays):
                     raise DataError(f"{self.origin}: input '{name}' has shape {array.shape}, "

@@ -31,7 +31,6 @@ from onnxpress.recipes import RECIPES
 from onnxpress.runtime.data import DataSource
 from onnxpress.runtime.fusion import FusionReport, fusion_report
 
-
 CNN_ZOO = ["conv_bn_relu", "residual_add", "depthwise_conv", "gemm", "concat"]
 
 

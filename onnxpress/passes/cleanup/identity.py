@@ -119,7 +119,7 @@ def _reshape(node, x, opset) -> bool:
         return False
     copy_zero = not node.attrs.get("allowzero", 0)
     kept = [(t == 0 and copy_zero) or (isinstance(d, int) and t == d)
-            for d, t in zip(shape, target.tolist())]
+            for d, t in zip(shape, target.tolist(), strict=True)]
     return all(kept) or (kept.count(False) == 1 and target.tolist()[kept.index(False)] == -1)
 
 
@@ -155,7 +155,7 @@ def _slice(node, x, opset) -> bool:
         return False  # axes or steps known only at run time
     axes = axes if axes is not None else np.arange(len(starts))
     steps = steps if steps is not None else np.ones(len(starts), dtype=np.int64)
-    for start, end, axis, step in zip(starts, ends, axes, steps):
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
         if start != 0 or step != 1:
             return False
         if end < INT64_MAX // 2:

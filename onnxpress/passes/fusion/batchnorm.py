@@ -26,7 +26,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxpress.ir.model import Model
-from onnxpress.ir.pattern import Builder, Const, Match, Rule, apply_rules
+from onnxpress.ir.pattern import Builder, Const, Match, Reject, Rule, apply_rules
 from onnxpress.passes.base import Context, Pass, PassResult
 
 FLOATS = (np.float32, np.float64)
@@ -39,25 +39,26 @@ def _scale_shift(m: Match) -> tuple[np.ndarray, np.ndarray]:
     return s, m.beta.astype(np.float64) - m.mean.astype(np.float64) * s
 
 
-def _bn_check(m: Match) -> str | None:
+def _bn_check(m: Match) -> Reject | None:
     if m.bn.attrs.get("training_mode", 0):
-        return "BatchNormalization is in training mode"
+        return Reject("BatchNormalization is in training mode", m.bn)
     if len(m.bn.outputs) > 1 and any(not t.is_empty() for t in m.bn.outputs[1:]):
-        return "BatchNormalization exposes its running statistics"
+        return Reject("BatchNormalization exposes its running statistics", m.bn)
     if m.gamma.dtype not in FLOATS:
-        return f"BatchNormalization parameters are {m.gamma.dtype}, not float"
+        return Reject(f"BatchNormalization parameters are {m.gamma.dtype}, not float", m.bn)
     return None
 
 
-def _weight_check(m: Match, node: gs.Node) -> str | None:
-    w = node.inputs[1]
-    if not isinstance(w, gs.Constant) or w.values.dtype not in FLOATS:
-        return "the weight is not a float initializer"
+def _weight_check(m: Match, node: gs.Node) -> Reject | None:
+    """Why the weight ``m.w`` (a constant, by the pattern) of `node` cannot absorb BN."""
+    w = m.tensor("w")
+    if not isinstance(w, gs.Constant) or m.w.dtype not in FLOATS:
+        return Reject(f"the weight '{w.name}' is not a float initializer", node)
     if any(c is not node for c in w.outputs):
-        return f"the weight '{w.name}' is shared with another node"
+        return Reject(f"the weight '{w.name}' is shared with another node", node)
     if len(node.inputs) > 2 and not node.inputs[2].is_empty() and not isinstance(
             node.inputs[2], gs.Constant):
-        return "the bias is not constant"
+        return Reject("the bias is not constant", node)
     return _bn_check(m)
 
 
@@ -98,8 +99,8 @@ class ConvBatchNorm(Rule):
     op_type: ClassVar[str] = "Conv"
     axis: ClassVar[int] = 0
 
-    def pattern(self, op, x, w):
-        conv = getattr(op, self.op_type)(x, w, more_inputs=True, label="conv")
+    def pattern(self, op, x):
+        conv = getattr(op, self.op_type)(x, Const("w"), more_inputs=True, label="conv")
         return op.BatchNormalization(conv, Const("gamma"), Const("beta"), Const("mean"),
                                      Const("var"), label="bn")
 
@@ -120,22 +121,23 @@ class ConvTransposeBatchNorm(ConvBatchNorm):
     def check(self, m):
         group = int(m.conv.attrs.get("group", 1))
         if group != 1:
-            return "grouped ConvTranspose: output channels span weight axes 0 and 1"
+            return Reject("grouped ConvTranspose: output channels span weight axes 0 and 1",
+                          m.conv)
         return super().check(m)
 
 
 class GemmBatchNorm(Rule):
     """Gemm → BatchNormalization over [N, C] becomes one Gemm."""
 
-    def pattern(self, op, x, w):
-        gemm = op.Gemm(x, w, more_inputs=True, label="gemm")
+    def pattern(self, op, x):
+        gemm = op.Gemm(x, Const("w"), more_inputs=True, label="gemm")
         return op.BatchNormalization(gemm, Const("gamma"), Const("beta"), Const("mean"),
                                      Const("var"), label="bn")
 
     def check(self, m):
         if float(m.gemm.attrs.get("alpha", 1.0)) != 1.0 or float(
                 m.gemm.attrs.get("beta", 1.0)) != 1.0:
-            return "Gemm has alpha or beta other than 1"
+            return Reject("Gemm has alpha or beta other than 1", m.gemm)
         return _weight_check(m, m.gemm)
 
     def rewrite(self, m, b):
@@ -146,15 +148,16 @@ class GemmBatchNorm(Rule):
 class MatMulBatchNorm(Rule):
     """MatMul (2-D, constant [K, N] weight) → BatchNormalization becomes MatMul + Add."""
 
-    def pattern(self, op, x, w):
-        matmul = op.MatMul(x, w, label="matmul")
+    def pattern(self, op, x):
+        matmul = op.MatMul(x, Const("w"), label="matmul")
         return op.BatchNormalization(matmul, Const("gamma"), Const("beta"), Const("mean"),
                                      Const("var"), label="bn")
 
     def check(self, m):
         shape = m.x.shape
-        if shape is None or len(shape) != 2 or np.ndim(m.matmul.inputs[1].values) != 2:
-            return "BatchNormalization's channel is the last axis only for 2-D MatMul"
+        if shape is None or len(shape) != 2 or m.w.ndim != 2:
+            return Reject("BatchNormalization's channel is the last axis only for 2-D MatMul",
+                          m.matmul)
         return _weight_check(m, m.matmul)
 
     def rewrite(self, m, b):
@@ -171,7 +174,8 @@ class LoneBatchNorm(Rule):
 
     def check(self, m):
         if m.x.shape is None or len(m.x.shape) < 2:
-            return "the input rank is unknown, so the channel axis cannot be broadcast"
+            return Reject("the input rank is unknown, so the channel axis cannot be broadcast",
+                          m.bn)
         return _bn_check(m)
 
     def rewrite(self, m, b):
@@ -194,5 +198,6 @@ class FuseBatchNorm(Pass):
         from onnxpress.ir import analyses
 
         model.analysis(analyses.shapes)
-        return apply_rules(model, [ConvBatchNorm(), ConvTransposeBatchNorm(), GemmBatchNorm(),
+        counts = apply_rules(model, [ConvBatchNorm(), ConvTransposeBatchNorm(), GemmBatchNorm(),
                                    MatMulBatchNorm(), LoneBatchNorm()])
+        return PassResult(any(counts.values()), counts)

@@ -19,8 +19,9 @@ layouts, but each reader sees exactly the values it saw before. When ``C`` had n
 reader, the original is dropped on export, since gs keeps initializers only as node inputs.
 At a graph output the new initializer takes the output's name (ONNX allows an initializer as
 a graph output); when nodes also read that output, an ``Identity`` of the new initializer
-produces it instead (an initializer already read may not be renamed). Inside ``fuse``, cleanup's constant folding already does this everywhere else;
-the rule makes ``fuse-transposes`` complete on its own.
+produces it instead (an initializer already read may not be renamed). Inside ``fuse``,
+cleanup's constant folding already does this everywhere else; the rule makes
+``fuse-transposes`` complete on its own.
 
 Exact: transposes only move elements.
 """
@@ -36,7 +37,7 @@ import onnx_graphsurgeon as gs
 from onnxpress.ir import analyses
 from onnxpress.ir.edit import is_graph_output
 from onnxpress.ir.model import Model
-from onnxpress.ir.pattern import Builder, Const, Match, Rule, apply_rules
+from onnxpress.ir.pattern import Builder, Const, Match, Reject, Rule, apply_rules
 from onnxpress.passes.base import Context, Pass, PassResult
 
 
@@ -52,9 +53,10 @@ class TransposeTranspose(Rule):
     def pattern(self, op, x):
         return op.Transpose(op.Transpose(x, label="inner"), label="outer")
 
-    def check(self, m: Match) -> str | None:
+    def check(self, m: Match) -> Reject | None:
         """Reject only when no perm is given and the rank is unknown."""
-        return None if _rank(m) is not None else "no perm given and the rank of x is unknown"
+        return None if _rank(m) is not None else Reject(
+            "no perm given and the rank of x is unknown", m.outer)
 
     def rewrite(self, m: Match, b: Builder) -> gs.Tensor:
         rank = _rank(m)
@@ -110,4 +112,5 @@ class FuseTransposes(Pass):
     def run(self, model: Model, ctx: Context) -> PassResult:
         """Apply both rules to the main graph."""
         model.analysis(analyses.shapes)
-        return apply_rules(model, [TransposeTranspose(), ConstantTranspose()])
+        counts = apply_rules(model, [TransposeTranspose(), ConstantTranspose()])
+        return PassResult(any(counts.values()), counts)

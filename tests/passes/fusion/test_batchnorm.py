@@ -9,7 +9,12 @@ from zoo import feed_list
 from onnxpress import optimize
 from onnxpress.ir.model import Model
 from onnxpress.ir.pattern import explain
-from onnxpress.passes.fusion.batchnorm import ConvBatchNorm, ConvTransposeBatchNorm, FuseBatchNorm
+from onnxpress.passes.fusion.batchnorm import (
+    ConvBatchNorm,
+    ConvTransposeBatchNorm,
+    FuseBatchNorm,
+    MatMulBatchNorm,
+)
 from onnxpress.passes.manager import PassRecord
 from onnxpress.testing import assert_same_outputs, make_model
 
@@ -149,3 +154,15 @@ def test_training_mode_batchnorm_is_left_alone():
     assert not rec.changed and _fired(rec) == {}
     assert _ops(out) == ["Conv", "BatchNormalization"]
     assert "training mode" in explain(model, ConvBatchNorm())
+
+
+def test_matmul_of_two_activations_then_batchnorm_is_left_to_mul_add():
+    # Regression: MatMulBatchNorm read `.values` of its (activation) weight and crashed
+    # `fuse` with "'Variable' object has no attribute 'values'". The weight is now a Const
+    # in the pattern, so the fold does not match and BN alone becomes Mul + Add.
+    model = _model(f"c = MatMul (x, z)\n{BN}\ny = Relu (n)",
+                   "(float[2,6] x, float[6,4] z) => (float[2,4] y)", 4)
+    out = optimize(model, ["fuse"])
+    assert_same_outputs(model, out, feed_list(model), rtol=1e-4, atol=1e-5)
+    assert _ops(out) == ["MatMul", "Mul", "Add", "Relu"]
+    assert "is not a constant" in explain(model, MatMulBatchNorm())
