@@ -177,7 +177,7 @@ def external_files(path: str | os.PathLike) -> frozenset[Path]:
 
     Unchecked (loading checks them); a file that cannot be parsed references nothing.
     """
-    return frozenset(external.referenced(Path(path), max_size=None))
+    return frozenset(external.referenced(Path(path)))
 
 
 def _same_file(a: Path, b: Path) -> bool:
