@@ -129,16 +129,34 @@ def _parse(data: bytes, what: str) -> onnx.ModelProto:
 
 def _checked(proto: onnx.ModelProto, what: str) -> onnx.ModelProto:
     """Run the ONNX checker so broken input fails here, not deep inside a pass."""
+    bad = _not_utf8(proto)
+    if bad:
+        raise ModelLoadError(f"{what}: invalid ONNX model: {bad} is not valid UTF-8 (is the "
+                             "file corrupt?)")
     try:
         if proto.ByteSize() < PROTOBUF_LIMIT:
             external.check(proto, full_check=False)
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0]
         raise ModelLoadError(f"{what}: invalid ONNX model: {first}") from None
-    except UnicodeDecodeError:  # the checker cannot even report on such a name
-        raise ModelLoadError(f"{what}: invalid ONNX model: a name or string field is not "
-                             "valid UTF-8 (is the file corrupt?)") from None
     return proto
+
+
+def _not_utf8(message, where: str = "") -> str | None:
+    """The first string field holding bytes that are not UTF-8 (protobuf then returns bytes,
+    which the checker does not look at and every later step chokes on), or None."""
+    for field, value in message.ListFields():
+        name = f"{where}.{field.name}" if where else field.name
+        values = value if field.is_repeated else [value]
+        if field.type == field.TYPE_STRING:
+            if any(isinstance(v, bytes) for v in values):
+                return f"field '{name}'"
+        elif field.type == field.TYPE_MESSAGE:
+            for v in values:
+                found = _not_utf8(v, name)
+                if found:
+                    return found
+    return None
 
 
 def _ir_version_for(proto: onnx.ModelProto) -> int:

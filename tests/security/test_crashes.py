@@ -305,3 +305,18 @@ def test_option_values_of_the_wrong_kind(capsys, tmp_path, option, fragment):
     status, _, err = cli(capsys, "optimize", path, "-o", tmp_path / "o.onnx", "--passes", option)
     one_line_error(status, err, fragment)
     assert digest(path) == before
+
+
+def test_names_that_are_not_utf8_are_refused_on_load(tmp_path):
+    """Found by the loader fuzz: protobuf hands such names over as bytes, the checker does
+    not look at them, and the first export fails deep inside graphsurgeon."""
+    proto = _relu()
+    proto.graph.node[0].name = "relu_node"
+    data = bytearray(proto.SerializeToString())
+    at = data.index(b"relu_node")
+    data[at:at + 2] = b"\xc3\x28"  # an invalid two-byte UTF-8 sequence
+    path = tmp_path / "m.onnx"
+    path.write_bytes(bytes(data))
+    for given in (path, bytes(data)):
+        with pytest.raises(ModelLoadError, match="'graph.node.name' is not valid UTF-8"):
+            ox.load(given)
