@@ -133,6 +133,14 @@ def _checked(proto: onnx.ModelProto, what: str) -> onnx.ModelProto:
     if bad:
         raise ModelLoadError(f"{what}: invalid ONNX model: {bad} is not valid UTF-8 (is the "
                              "file corrupt?)")
+    for graph in [proto.graph, *fidelity.bodies(proto.graph)]:
+        for value in [*graph.input, *graph.output]:
+            kind = value.type.WhichOneof("value")
+            if kind in ("map_type", "optional_type") or (kind is None
+                                                         and value.HasField("type")):
+                raise ModelLoadError(f"{what}: graph '{graph.name}' input/output "
+                                     f"'{value.name}' has {kind or 'an unknown'} type, which "
+                                     "onnxpress cannot carry through a rewrite")
     try:
         if proto.ByteSize() < PROTOBUF_LIMIT:
             external.check(proto, full_check=False)

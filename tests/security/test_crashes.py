@@ -320,3 +320,17 @@ def test_names_that_are_not_utf8_are_refused_on_load(tmp_path):
     for given in (path, bytes(data)):
         with pytest.raises(ModelLoadError, match="'graph.node.name' is not valid UTF-8"):
             ox.load(given)
+
+
+def test_interface_types_graphsurgeon_cannot_export_are_refused_on_load():
+    """Found by the loader fuzz: a Loop body output whose type is present but unknown passes
+    the checker, then every save crashed inside graphsurgeon's exporter."""
+    from zoo import ZOO
+
+    proto = ZOO["control_flow"]().to_onnx()
+    body = next(a.g for n in proto.graph.node for a in n.attribute if a.HasField("g")
+                and a.g.output)
+    body.output[-1].type.Clear()
+    body.output[-1].type.SetInParent()  # present, but neither tensor nor sequence
+    with pytest.raises(ModelLoadError, match=f"'{body.output[-1].name}' has an unknown type"):
+        ox.load(proto)
