@@ -133,6 +133,11 @@ def _checked(proto: onnx.ModelProto, what: str) -> onnx.ModelProto:
     if bad:
         raise ModelLoadError(f"{what}: invalid ONNX model: {bad} is not valid UTF-8 (is the "
                              "file corrupt?)")
+    known = set(onnx.TensorProto.DataType.values())
+    for tensor in external.tensors(proto):
+        if tensor.data_type not in known:
+            raise ModelLoadError(f"{what}: invalid ONNX model: tensor '{tensor.name}' has "
+                                 f"unknown element type {tensor.data_type}")
     for graph in [proto.graph, *fidelity.bodies(proto.graph)]:
         for value in [*graph.input, *graph.output]:
             kind = value.type.WhichOneof("value")

@@ -334,3 +334,13 @@ def test_interface_types_graphsurgeon_cannot_export_are_refused_on_load():
     body.output[-1].type.SetInParent()  # present, but neither tensor nor sequence
     with pytest.raises(ModelLoadError, match=f"'{body.output[-1].name}' has an unknown type"):
         ox.load(proto)
+
+
+def test_unknown_element_types_are_refused_on_load():
+    """Found by the loader fuzz: an initializer of element type 29 (no such type) passed the
+    checker and crashed graphsurgeon's importer."""
+    proto = onnx.parser.parse_model(f"{H} g (float[3] x) => (float[3] y) {{ y = Add(x, w) }}")
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.ones(3, np.float32), "w"))
+    proto.graph.initializer[0].data_type = 29
+    with pytest.raises(ModelLoadError, match="tensor 'w' has unknown element type 29"):
+        ox.load(proto)
