@@ -145,6 +145,12 @@ def _size(n: int) -> str:
     return f"{value:,.1f} {('KiB', 'MiB', 'GiB')[unit]}"
 
 
+def _stored_size(path: Path) -> int:
+    """Bytes of a model file and of the external data files it references."""
+    return sum(f.stat().st_size for f in {Path(path).resolve(), *external_files(path)}
+               if f.exists())
+
+
 def _dtype(dtype: object) -> str:
     """A tensor dtype's numpy name, "?" when unknown."""
     if dtype is None:
@@ -197,7 +203,7 @@ def _inspect(args: argparse.Namespace, ui: _Ui) -> None:
                                if len(all_nodes) > len(model) else "")
     facts = Table.grid(padding=(0, 2))
     for key, value in [
-        ("file", f"{args.model} ({_size(Path(args.model).stat().st_size)})"),
+        ("file", f"{args.model} ({_size(_stored_size(Path(args.model)))})"),
         ("ir_version", str(model.ir_version)),
         ("opsets", ", ".join(f"{d or 'ai.onnx'} {v}" for d, v in sorted(model.opsets.items()))),
         ("producer", " ".join(filter(None, [model.extra.get("producer_name"),
@@ -256,13 +262,13 @@ def _optimize(args: argparse.Namespace, ui: _Ui) -> None:
     model = optimize(source, passes, data=args.data, target=target, verify=args.verify,
                      instruments=[_PassProgress(ui, len(passes))], progress=ui,
                      calibration=args.calibration_table)
-    size_before = source.stat().st_size  # before saving: OUT may be MODEL (--overwrite)
+    size_before = _stored_size(source)  # before saving: OUT may be MODEL (--overwrite)
     model.save(out, overwrite=args.overwrite)
     ui.out.print(_report_table(model.report))
     for record in model.report.records:
         for key in sorted(LONG_STATS & record.stats.keys()):
             ui.out.print(f"{record.name}: {key}: {record.stats[key]}")
-    ui.out.print(f"wrote {out}: {_change(size_before, out.stat().st_size)}")
+    ui.out.print(f"wrote {out}: {_change(size_before, _stored_size(out))}")
 
 
 def _check_writes(source: Path, out: Path, args: argparse.Namespace,
@@ -320,7 +326,7 @@ def _bench(args: argparse.Namespace, ui: _Ui) -> None:
                           f"of {first.runs} runs after {args.warmup} warm-up; speed-up = first "
                           "model's median / this median")
     for path, r in zip(args.models, results, strict=True):
-        table.add_row(str(path), _size(Path(path).stat().st_size), f"{r.median_ms:.3f}",
+        table.add_row(str(path), _size(_stored_size(Path(path))), f"{r.median_ms:.3f}",
                       f"{r.p90_ms:.3f}", f"{r.throughput:,.0f}",
                       f"{first.median_ms / r.median_ms:.2f}×")
     ui.out.print(table)

@@ -189,17 +189,18 @@ def inline_sparse(proto: onnx.ModelProto, model_path: Path) -> frozenset[Path]:
     return frozenset(read)
 
 
-def referenced(model_path: Path, max_size: int | None = 64 << 20) -> set[Path]:
+def referenced(model_path: Path) -> set[Path]:
     """Real paths of the data files an existing model file references (empty if unreadable).
 
-    Only files up to `max_size` bytes are parsed (None: any): a model with external data
-    has a small ``.onnx``, and a cleanup never needs to parse a large one.
+    The file is scanned with `lift`, so a large single-file model costs no copy of its weights.
     """
     try:
-        if max_size is not None and model_path.stat().st_size > max_size:
-            return set()
-        proto = onnx.ModelProto.FromString(model_path.read_bytes())
-    except (OSError, DecodeError, RuntimeWarning, ValueError):
+        with open(model_path, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode) or not os.fstat(f.fileno()).st_size:
+                return set()
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                proto = onnx.ModelProto.FromString(lift(mapped, ""))
+    except (OSError, DecodeError, RuntimeWarning, ValueError, ModelLoadError):
         return set()  # a file we cannot parse references nothing we could clean up
     folder = Path(os.path.realpath(model_path.parent))
     found = set()

@@ -55,10 +55,10 @@ def _graph_pairs(proto_graph: onnx.GraphProto, graph: gs.Graph
     """(NodeProto, gs.Node) pairs in node order, subgraphs included."""
     for proto_node, node in zip(proto_graph.node, graph.nodes, strict=True):
         yield proto_node, node
-        bodies = [a.g for a in proto_node.attribute if a.type == onnx.AttributeProto.GRAPH]
-        bodies += [g for a in proto_node.attribute if a.type == onnx.AttributeProto.GRAPHS
-                   for g in a.graphs]
-        for body_proto, body in zip(bodies, subgraphs(node), strict=False):
+        inner = [a.g for a in proto_node.attribute if a.type == onnx.AttributeProto.GRAPH]
+        inner += [g for a in proto_node.attribute if a.type == onnx.AttributeProto.GRAPHS
+                  for g in a.graphs]
+        for body_proto, body in zip(inner, subgraphs(node), strict=False):
             yield from _graph_pairs(body_proto, body)
 
 
@@ -114,7 +114,7 @@ def hoist_captured_initializers(graph: onnx.GraphProto) -> None:
     something else.
     """
     copies: dict[str, list[tuple[onnx.GraphProto, onnx.TensorProto]]] = {}
-    for body in _bodies(graph):
+    for body in bodies(graph):
         for init in body.initializer:
             copies.setdefault(init.name, []).append((body, init))
     outer = {i.name: i.SerializeToString() for i in graph.initializer}
@@ -131,14 +131,15 @@ def hoist_captured_initializers(graph: onnx.GraphProto) -> None:
             body.initializer.remove(init)
 
 
-def _bodies(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+def bodies(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """Every subgraph nested in `graph`'s nodes (If / Loop / Scan bodies), at any depth."""
     for node in graph.node:
         for attr in node.attribute:
             inner = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(
                 attr.graphs if attr.type == onnx.AttributeProto.GRAPHS else [])
             for body in inner:
                 yield body
-                yield from _bodies(body)
+                yield from bodies(body)
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,7 +152,7 @@ def interface_types_kept(graph: onnx.GraphProto) -> Iterator[None]:
     it lacks the shape, gs lets it overwrite the declared one. The proto is restored after.
     """
     saved = []
-    for g in [graph, *_bodies(graph)]:
+    for g in [graph, *bodies(graph)]:
         interface = {v.name for v in [*g.input, *g.output]}
         if any(v.name in interface for v in g.value_info):
             kept = [onnx.ValueInfoProto.FromString(v.SerializeToString()) for v in g.value_info]
@@ -173,7 +174,7 @@ def densify_sparse(proto: onnx.ModelProto, what: str) -> None:
         ModelLoadError: the sparse tensor is malformed or would expand beyond
             `SPARSE_EXPANSION` times its size.
     """
-    for graph in [proto.graph, *_bodies(proto.graph)]:
+    for graph in [proto.graph, *bodies(proto.graph)]:
         for sparse in graph.sparse_initializer:
             graph.initializer.append(_dense(sparse, what))
         del graph.sparse_initializer[:]

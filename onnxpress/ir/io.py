@@ -103,11 +103,14 @@ def _lifted(path: Path) -> bytes:
 
 
 def _from_proto(proto: onnx.ModelProto, what: str, source: Path | None = None) -> Model:
-    """Check the proto and import it; only a model loaded from a file may keep external data
-    (resolved against its folder)."""
+    """Check the proto and import it.
+
+    Only a model loaded from a file may keep external data (resolved against its folder).
+    """
     fidelity.densify_sparse(proto, what)
+    _checked(proto, what)
     try:
-        return Model.from_onnx(_checked(proto, what), source=source)
+        return Model.from_onnx(proto, source=source)
     except ModelLoadError as e:
         raise ModelLoadError(f"{what}: {e}") from None
 
@@ -126,6 +129,23 @@ def _parse(data: bytes, what: str) -> onnx.ModelProto:
 
 def _checked(proto: onnx.ModelProto, what: str) -> onnx.ModelProto:
     """Run the ONNX checker so broken input fails here, not deep inside a pass."""
+    bad = _not_utf8(proto)
+    if bad:
+        raise ModelLoadError(f"{what}: invalid ONNX model: {bad} is not valid UTF-8 (is the "
+                             "file corrupt?)")
+    known = set(onnx.TensorProto.DataType.values())
+    for tensor in external.tensors(proto):
+        if tensor.data_type not in known:
+            raise ModelLoadError(f"{what}: invalid ONNX model: tensor '{tensor.name}' has "
+                                 f"unknown element type {tensor.data_type}")
+    for graph in [proto.graph, *fidelity.bodies(proto.graph)]:
+        for value in [*graph.input, *graph.output]:
+            kind = value.type.WhichOneof("value")
+            if kind in ("map_type", "optional_type") or (kind is None
+                                                         and value.HasField("type")):
+                raise ModelLoadError(f"{what}: graph '{graph.name}' input/output "
+                                     f"'{value.name}' has {kind or 'an unknown'} type, which "
+                                     "onnxpress cannot carry through a rewrite")
     try:
         if proto.ByteSize() < PROTOBUF_LIMIT:
             external.check(proto, full_check=False)
@@ -133,6 +153,23 @@ def _checked(proto: onnx.ModelProto, what: str) -> onnx.ModelProto:
         first = str(e).strip().splitlines()[0]
         raise ModelLoadError(f"{what}: invalid ONNX model: {first}") from None
     return proto
+
+
+def _not_utf8(message, where: str = "") -> str | None:
+    """The first string field holding bytes that are not UTF-8 (protobuf then returns bytes,
+    which the checker does not look at and every later step chokes on), or None."""
+    for field, value in message.ListFields():
+        name = f"{where}.{field.name}" if where else field.name
+        values = value if field.is_repeated else [value]
+        if field.type == field.TYPE_STRING:
+            if any(isinstance(v, bytes) for v in values):
+                return f"field '{name}'"
+        elif field.type == field.TYPE_MESSAGE:
+            for v in values:
+                found = _not_utf8(v, name)
+                if found:
+                    return found
+    return None
 
 
 def _ir_version_for(proto: onnx.ModelProto) -> int:
@@ -171,7 +208,7 @@ def external_files(path: str | os.PathLike) -> frozenset[Path]:
 
     Unchecked (loading checks them); a file that cannot be parsed references nothing.
     """
-    return frozenset(external.referenced(Path(path), max_size=None))
+    return frozenset(external.referenced(Path(path)))
 
 
 def _same_file(a: Path, b: Path) -> bool:

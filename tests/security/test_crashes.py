@@ -305,3 +305,42 @@ def test_option_values_of_the_wrong_kind(capsys, tmp_path, option, fragment):
     status, _, err = cli(capsys, "optimize", path, "-o", tmp_path / "o.onnx", "--passes", option)
     one_line_error(status, err, fragment)
     assert digest(path) == before
+
+
+def test_names_that_are_not_utf8_are_refused_on_load(tmp_path):
+    """Found by the loader fuzz: protobuf hands such names over as bytes, the checker does
+    not look at them, and the first export fails deep inside graphsurgeon."""
+    proto = _relu()
+    proto.graph.node[0].name = "relu_node"
+    data = bytearray(proto.SerializeToString())
+    at = data.index(b"relu_node")
+    data[at:at + 2] = b"\xc3\x28"  # an invalid two-byte UTF-8 sequence
+    path = tmp_path / "m.onnx"
+    path.write_bytes(bytes(data))
+    for given in (path, bytes(data)):
+        with pytest.raises(ModelLoadError, match="'graph.node.name' is not valid UTF-8"):
+            ox.load(given)
+
+
+def test_interface_types_graphsurgeon_cannot_export_are_refused_on_load():
+    """Found by the loader fuzz: a Loop body output whose type is present but unknown passes
+    the checker, then every save crashed inside graphsurgeon's exporter."""
+    from zoo import ZOO
+
+    proto = ZOO["control_flow"]().to_onnx()
+    body = next(a.g for n in proto.graph.node for a in n.attribute if a.HasField("g")
+                and a.g.output)
+    body.output[-1].type.Clear()
+    body.output[-1].type.SetInParent()  # present, but neither tensor nor sequence
+    with pytest.raises(ModelLoadError, match=f"'{body.output[-1].name}' has an unknown type"):
+        ox.load(proto)
+
+
+def test_unknown_element_types_are_refused_on_load():
+    """Found by the loader fuzz: an initializer of element type 29 (no such type) passed the
+    checker and crashed graphsurgeon's importer."""
+    proto = onnx.parser.parse_model(f"{H} g (float[3] x) => (float[3] y) {{ y = Add(x, w) }}")
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.ones(3, np.float32), "w"))
+    proto.graph.initializer[0].data_type = 29
+    with pytest.raises(ModelLoadError, match="tensor 'w' has unknown element type 29"):
+        ox.load(proto)
