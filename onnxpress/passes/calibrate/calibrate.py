@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 from onnxpress.errors import PassError, PreconditionError, TargetError
+from onnxpress.ir.io import check_destination
 from onnxpress.ir.model import Model
 from onnxpress.passes.base import Context, Pass, PassResult
 from onnxpress.passes.calibrate.observers import Histogram, MinMax
@@ -147,7 +149,11 @@ class Calibrate(Pass):
                                        known.options))
         ctx.calibration = table
         if self.save is not None:
-            table.save(self.save)
+            # The API guards like the CLI: never over the model's files or the data file.
+            protected = [(f, "a file the model was read from") for f in model.source_files]
+            if ctx.data is not None and Path(ctx.data.origin).is_file():
+                protected.append((ctx.data.origin, "the calibration data"))
+            table.save(check_destination(self.save, protected))
         return PassResult(changed=False, stats={
             "method": self.method, "tensors": len(tensors), "reused": len(wanted) - len(tensors),
             "samples": collected.samples,

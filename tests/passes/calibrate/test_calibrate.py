@@ -168,3 +168,19 @@ def test_a_table_in_the_context_is_reused_and_completed():
     assert all(ctx.calibration[n] == partial[n] for n in names[:3])
     again = PassManager([Calibrate()]).run(model, ctx)["calibrate"]
     assert again.stats == {"reused": len(names), "tensors": 0}
+
+
+def test_save_through_the_api_never_overwrites_the_model_or_the_data(tmp_path):
+    import shutil
+
+    from onnxpress.errors import SaveError
+    from onnxpress.ir import load as load_model
+
+    model_path = shutil.copy(demo.model_path(), tmp_path / "m.onnx")
+    data_path = shutil.copy(demo.model_path().with_name("digits_calib.npz"), tmp_path / "d.npz")
+    before = (open(model_path, "rb").read(), open(data_path, "rb").read())
+    for target in (model_path, data_path):
+        ctx = Context(target=CPU, data=DataSource.from_npz(data_path))
+        with pytest.raises(SaveError, match="refusing to overwrite"):
+            PassManager([Calibrate(save=str(target))]).run(load_model(model_path), ctx)
+    assert (open(model_path, "rb").read(), open(data_path, "rb").read()) == before
