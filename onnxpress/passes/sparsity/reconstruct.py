@@ -12,13 +12,21 @@ prune-channels leaves), and ``W₀`` the current weights. The pass solves
 
     W' = argmin ‖X W − Y‖² + λ ‖W − W₀‖²   ⇔   (XᵀX + λI) W' = XᵀY + λ W₀
 
-with ``λ = ridge · mean(diag(XᵀX))`` (scale-free, as GPTQ's damping). The prior is ``W₀``
-rather than 0: a layer whose output already matches is a fixed point (``XᵀY = XᵀX W₀``), and
-directions the calibration data never excites (a channel that is always zero there) keep
-their original weights instead of collapsing to zero. ``XᵀX`` and ``XᵀY`` accumulate batch by
-batch in `Gram` observers, so memory is O(d² + d·o) per layer, never O(dataset).
+with ``λ = ridge · mean(diag(XᵀX))`` (scale-free, as GPTQ's damping). With ``ridge=None``
+(the default) the strength is chosen per layer by held-out error: every fifth row goes to a
+held-out Gram pair, each ``ridge ∈ RIDGES`` is solved on the other rows and scored by
+``‖X_h W − Y_h‖²`` (from the held-out Grams), and the best is solved again on all rows.
+The prior is ``W₀`` rather than 0: a layer whose output already matches is a fixed point
+(``XᵀY = XᵀX W₀``), and directions the calibration data never excites (a channel that is
+always zero there) keep their original weights instead of collapsing to zero. ``XᵀX`` and
+``XᵀY`` accumulate batch by batch in `Gram` observers, so memory is O(d² + d·o) per layer,
+never O(dataset).
 
-Rows. For a Gemm or MatMul, one row per sample (and per sequence position): ``X = A`` with
+Rows. A batch gives at most ``rows_per_batch`` rows per layer, drawn uniformly without
+replacement (seeded per layer and batch, so the result is deterministic): neighbouring output
+positions of a Conv are nearly collinear, and the Gram costs ``rows · d²``. Conv patches are
+gathered at the drawn positions only, never unfolded for the whole map. For a Gemm or
+MatMul, one row per sample (and per sequence position): ``X = A`` with
 ``W = αB`` (transposed for ``transB``) and bias ``βC``. A MatMul has no bias column. For a Conv,
 im2col: every output position is a row holding its receptive field, unfolded with numpy
 stride tricks after padding (pads, strides, dilations, auto_pad). A grouped Conv splits
@@ -34,6 +42,7 @@ onnxruntime session fed the same batch, so ``X`` and ``Y`` always pair row for r
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,6 +61,7 @@ from onnxpress.passes.base import Context, Pass, PassResult
 from onnxpress.passes.calibrate.observers import Gram
 from onnxpress.passes.sparsity.channels import kept_channels
 from onnxpress.passes.sparsity.coupling import node_label, set_constant
+from onnxpress.passes.sparsity.weights import as_patterns
 from onnxpress.runtime.collect import collect
 
 #: Prefix of the teacher's tensor names inside the paired probe.
@@ -66,17 +76,29 @@ class Reconstruct(Pass):
         ridge: Damping relative to the mean diagonal of ``XᵀX``, pulling towards the
             current weights; ≥ 0.
         batch_size: Samples per inference batch; does not change the result beyond rounding.
+        rows_per_batch: Rows drawn per layer and batch (see "Rows").
+        include: Node-name globs of the layers to refit (empty: every eligible layer).
+        exclude: Node-name globs of layers to leave as they are.
     """
 
     name: ClassVar[str] = "reconstruct"
     exact: ClassVar[bool] = False
 
-    ridge: float = 1e-3
+    ridge: float | None = None
     batch_size: int = 32
+    rows_per_batch: int = 4096
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         """Validate the options now."""
-        if not self.ridge >= 0:
+        for option in ("include", "exclude"):
+            object.__setattr__(self, option, as_patterns(getattr(self, option), option,
+                                                         "reconstruct"))
+        if self.rows_per_batch < 1:
+            raise PassError(f"reconstruct: rows_per_batch must be positive, not "
+                            f"{self.rows_per_batch}")
+        if self.ridge is not None and not self.ridge >= 0:
             raise PassError(f"reconstruct: ridge must be ≥ 0, not {self.ridge}")
         if self.batch_size < 1:
             raise PassError(f"reconstruct: batch_size must be positive, not {self.batch_size}")
@@ -94,14 +116,22 @@ class Reconstruct(Pass):
         """Refit every eligible layer, wave by wave in topological order."""
         teacher_shapes = ctx.teacher().analysis(analyses.shapes)
         layers, skipped = [], {}
+        for pattern in (*self.include, *self.exclude):
+            if not any(fnmatch.fnmatchcase(n.name, pattern) for n in model.graph.nodes):
+                raise PassError(f"reconstruct: pattern '{pattern}' names no node")
         for node in model.graph.nodes:
             if node.op in _KINDS:
-                found = _KINDS[node.op].make(node, teacher_shapes)
+                if (self.include and not any(fnmatch.fnmatchcase(node.name, p)
+                                             for p in self.include)) or any(
+                        fnmatch.fnmatchcase(node.name, p) for p in self.exclude):
+                    skipped[node_label(node)] = "left out by include/exclude"
+                    continue
+                found = _KINDS[node.op].make(node, teacher_shapes, self.rows_per_batch)
                 if isinstance(found, str):
                     skipped[node_label(node)] = found
                 else:
                     layers.append(found)
-        stats = {"layers": 0, "skipped": skipped, "error": {}, "waves": 0}
+        stats = {"layers": 0, "skipped": skipped, "error": {}, "ridge": {}, "waves": 0}
         if not layers:
             stats["reason"] = "no Conv/Gemm/MatMul whose output the teacher also has"
             return PassResult(False, stats)
@@ -112,7 +142,9 @@ class Reconstruct(Pass):
                 raise DataError(_reread(f"{ctx.data.origin}: {stats['samples']} samples on "
                                         f"the first wave, {samples} now", stats["waves"]))
             for layer in wave:
-                stats["error"][node_label(layer.node)] = layer.refit(model, self.ridge)
+                error, ridge = layer.refit(model, self.ridge)
+                stats["error"][node_label(layer.node)] = error
+                stats["ridge"][node_label(layer.node)] = ridge
             stats["waves"] += 1
             stats["samples"] = samples
         stats["layers"] = len(stats["error"])
@@ -154,16 +186,23 @@ class _Layer:
     #: Channel axis of the layer's output.
     axis: ClassVar[int]
 
-    def __init__(self, node: gs.Node, channels: np.ndarray | None, problems: int = 1) -> None:
+    def __init__(self, node: gs.Node, channels: np.ndarray | None, problems: int = 1,
+                 rows_per_batch: int = 4096) -> None:
         self.node = node
         self.target = node.outputs[0].name
         self.channels = channels
         self.problems = problems
+        self.rows_per_batch = rows_per_batch
+        # Row r of a batch goes to the held-out Grams when r % HELD == 0.
         self.grams = [Gram(axis=-1, name=f"{node_label(node)}[{g}]") for g in range(problems)]
+        self.held = [Gram(axis=-1, name=f"{node_label(node)}[{g}] held")
+                     for g in range(problems)]
         self.energy = 0.0
+        self.batches = 0
 
     @classmethod
-    def make(cls, node: gs.Node, teacher_shapes: dict) -> _Layer | str:
+    def make(cls, node: gs.Node, teacher_shapes: dict, rows_per_batch: int = 4096
+             ) -> _Layer | str:
         """The layer, or why it cannot be refitted."""
         weight = node.inputs[1] if len(node.inputs) > 1 else None
         if not isinstance(weight, gs.Constant) or weight.values.dtype not in (np.float32,
@@ -183,7 +222,7 @@ class _Layer:
         if channels is None and isinstance(teacher_width, int) and teacher_width != width:
             return (f"{width} output channels, the teacher's '{node.outputs[0].name}' has "
                     f"{teacher_width}, and no kept-channels tag maps them")
-        return cls.check(node) or cls(node, channels, cls.problems_of(node))
+        return cls.check(node) or cls(node, channels, cls.problems_of(node), rows_per_batch)
 
     @staticmethod
     def width(node: gs.Node) -> int:
@@ -200,8 +239,9 @@ class _Layer:
         """Independent least-squares problems the layer splits into."""
         return 1
 
-    def design(self, x: np.ndarray) -> list[np.ndarray]:
-        """Rows of each problem (bias column included) for a batch of inputs."""
+    def design(self, x: np.ndarray, rows: np.ndarray) -> list[np.ndarray]:
+        """Rows `rows` (indices into the batch's rows) of each problem, bias column
+        included, for a batch of inputs."""
         raise NotImplementedError
 
     def initial(self) -> list[np.ndarray]:
@@ -218,28 +258,66 @@ class _Layer:
             y = np.take(y, self.channels, axis=self.axis)
         y = np.moveaxis(y, self.axis, -1)
         y = y.reshape(-1, y.shape[-1])
+        rows = np.arange(len(y))
+        if len(y) > self.rows_per_batch:
+            rng = np.random.default_rng([self.batches, len(y)])
+            rows = np.sort(rng.choice(len(y), self.rows_per_batch, replace=False))
+        self.batches += 1
+        y = y[rows]
+        held = np.arange(len(rows)) % HELD == 0
         per = y.shape[1] // self.problems
-        for g, (gram, rows) in enumerate(zip(self.grams, self.design(x), strict=True)):
-            gram.update(rows, y[:, g * per:(g + 1) * per])
+        for g, (gram, other, x_g) in enumerate(zip(self.grams, self.held,
+                                                    self.design(x, rows), strict=True)):
+            y_g = y[:, g * per:(g + 1) * per]
+            gram.update(x_g[~held], y_g[~held])
+            other.update(x_g[held], y_g[held])
         self.energy += float(np.square(y, dtype=np.float64).sum())
 
-    def refit(self, model: Model, ridge: float) -> list[float]:
+    def refit(self, model: Model, ridge: float | None) -> tuple[list[float], float]:
         """Solve the normal equations, store the weights; relative error before and after,
-        ``‖XW − Y‖ / ‖Y‖`` on the calibration rows."""
+        ``‖XW − Y‖ / ‖Y‖`` on the calibration rows, and the ridge used."""
+        if ridge is None:
+            ridge = min(RIDGES, key=self._held_out_error)
         solutions, before, after = [], 0.0, 0.0
-        for gram, w0 in zip(self.grams, self.initial(), strict=True):
-            xtx, xty = gram.xtx, gram.xty
-            damping = ridge * float(np.mean(np.diag(xtx)))
-            try:
-                w = np.linalg.solve(xtx + damping * np.eye(len(xtx)), xty + damping * w0)
-            except np.linalg.LinAlgError:  # singular without damping (ridge=0, dead inputs)
-                w = np.linalg.lstsq(xtx, xty, rcond=None)[0]
+        for fit, held, w0 in zip(self.grams, self.held, self.initial(), strict=True):
+            xtx, xty = _sum(fit.xtx, held.xtx), _sum(fit.xty, held.xty)
+            w = _solve(xtx, xty, w0, ridge)
             before += _residual(xtx, xty, w0)
             after += _residual(xtx, xty, w)
             solutions.append(w)
         self.store(model, solutions)
         energy = max(self.energy, np.finfo(np.float64).tiny)
-        return [round(math.sqrt(max(energy + e, 0.0) / energy), 6) for e in (before, after)]
+        return ([round(math.sqrt(max(energy + e, 0.0) / energy), 6) for e in (before, after)],
+                ridge)
+
+    def _held_out_error(self, ridge: float) -> float:
+        """``‖X_h W − Y_h‖² − ‖Y_h‖²`` with `W` solved on the other rows at `ridge`."""
+        total = 0.0
+        for fit, held, w0 in zip(self.grams, self.held, self.initial(), strict=True):
+            if fit.xtx is None or held.xtx is None:
+                return 0.0  # too few rows to hold any back: every ridge ties
+            total += _residual(held.xtx, held.xty, _solve(fit.xtx, fit.xty, w0, ridge))
+        return total
+
+
+#: Every HELD-th row of a batch is held back to choose the ridge.
+HELD = 5
+
+#: Ridge strengths tried when none is given (relative to the mean diagonal of ``XᵀX``).
+RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+
+
+def _sum(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray:
+    return a if b is None else b if a is None else a + b
+
+
+def _solve(xtx: np.ndarray, xty: np.ndarray, w0: np.ndarray, ridge: float) -> np.ndarray:
+    """``(XᵀX + λI)⁻¹ (XᵀY + λW₀)``, ``λ = ridge · mean(diag(XᵀX))``."""
+    damping = ridge * float(np.mean(np.diag(xtx)))
+    try:
+        return np.linalg.solve(xtx + damping * np.eye(len(xtx)), xty + damping * w0)
+    except np.linalg.LinAlgError:  # singular without damping (ridge=0, dead inputs)
+        return np.linalg.lstsq(xtx, xty, rcond=None)[0]
 
 
 def _residual(xtx: np.ndarray, xty: np.ndarray, w: np.ndarray) -> float:
@@ -290,10 +368,10 @@ class _Conv(_Layer):
     def problems_of(node):
         return int(node.attrs.get("group", 1))
 
-    def design(self, x):
+    def design(self, x, rows):
         weight = self.node.inputs[1].values
         kernel = weight.shape[2:]
-        patches = _patches(np.asarray(x), kernel, self.node.attrs)  # [rows, C, Πk]
+        patches = _patches(np.asarray(x), kernel, self.node.attrs, rows)  # [rows, C, Πk]
         per = weight.shape[1]
         return [_with_ones(patches[:, g * per:(g + 1) * per].reshape(patches.shape[0], -1))
                 for g in range(self.problems)]
@@ -330,8 +408,9 @@ def _conv_pads(attrs: dict, spatial: Sequence[int], extents: Sequence[int]) -> l
     return list(attrs.get("pads", [0] * (2 * n)))
 
 
-def _patches(x: np.ndarray, kernel: Sequence[int], attrs: dict) -> np.ndarray:
-    """im2col: ``[rows = N·Πout, C, Πk]``, rows in (n, output position) order.
+def _patches(x: np.ndarray, kernel: Sequence[int], attrs: dict, rows: np.ndarray
+             ) -> np.ndarray:
+    """im2col at `rows` of ``N·Πout`` (in (n, output position) order): ``[rows, C, Πk]``.
 
     The padded input's sliding windows of the dilated kernel extent, taken every `stride`
     positions and every `dilation` inside the window, are the receptive fields.
@@ -346,8 +425,9 @@ def _patches(x: np.ndarray, kernel: Sequence[int], attrs: dict) -> np.ndarray:
     windows = windows[(slice(None), slice(None))
                       + tuple(slice(None, None, s) for s in strides)
                       + tuple(slice(None, None, d) for d in dilations)]  # [N, C, *out, *k]
-    windows = np.moveaxis(windows, 1, 1 + n)  # [N, *out, C, *k]
-    return windows.reshape(-1, x.shape[1], math.prod(kernel))
+    windows = np.moveaxis(windows, 1, 1 + n)  # [N, *out, C, *k], a view
+    picked = windows[np.unravel_index(rows, windows.shape[:1 + n])]  # gathers `rows` only
+    return picked.reshape(len(rows), x.shape[1], math.prod(kernel))
 
 
 class _Gemm(_Layer):
@@ -383,9 +463,9 @@ class _Gemm(_Layer):
         weight = weight.T if self.node.attrs.get("transB", 0) else weight
         return float(self.node.attrs.get("alpha", 1.0)) * weight
 
-    def design(self, x):
-        rows = np.asarray(x).reshape(x.shape[0], -1)
-        return [_with_ones(rows) if self.biased else rows]
+    def design(self, x, rows):
+        x = np.asarray(x).reshape(x.shape[0], -1)[rows]
+        return [_with_ones(x) if self.biased else x]
 
     def initial(self):
         weight = self._effective()
@@ -420,8 +500,8 @@ class _MatMul(_Layer):
     def check(node):
         return None if node.inputs[1].values.ndim == 2 else "the weight is not 2-D"
 
-    def design(self, x):
-        return [np.asarray(x).reshape(-1, x.shape[-1])]
+    def design(self, x, rows):
+        return [np.asarray(x).reshape(-1, x.shape[-1])[rows]]
 
     def initial(self):
         return [np.asarray(self.node.inputs[1].values, np.float64)]
