@@ -20,6 +20,7 @@ from onnxpress.passes.quantize.sensitivity import MixedPrecision
 from onnxpress.passes.quantize.static import QuantizeStatic
 from onnxpress.passes.sequence import Sequence
 from onnxpress.passes.sparsity.channels import PruneChannels
+from onnxpress.passes.sparsity.guarded import PruneGuarded
 from onnxpress.passes.sparsity.magnitude import PruneMagnitude
 from onnxpress.passes.sparsity.reconstruct import Reconstruct
 from onnxpress.passes.sparsity.semi_structured import Sparsify2to4
@@ -29,6 +30,6 @@ __all__ = [
     "Calibrate", "Cleanup", "Context", "DumpAfterEach", "EliminateDeadCode", "EliminateIdentity",
     "FoldConstants", "Fuse", "FuseBatchNorm", "FuseGelu", "FuseGemm", "FuseLayerNorm", "FusePad",
     "FuseTransposes", "LowRank", "MixedPrecision", "Pass", "PassManager", "PassRecord",
-    "PassResult", "PruneChannels", "PruneMagnitude", "QuantizeDynamic", "QuantizeStatic",
+    "PassResult", "PruneChannels", "PruneGuarded", "PruneMagnitude", "QuantizeDynamic", "QuantizeStatic",
     "Reconstruct", "Report", "Sequence", "Sparsify2to4", "get", "registered", "resolve",
 ]

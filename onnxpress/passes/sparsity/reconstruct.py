@@ -77,8 +77,9 @@ class Reconstruct(Pass):
             current weights; ≥ 0.
         batch_size: Samples per inference batch; does not change the result beyond rounding.
         rows_per_batch: Rows drawn per layer and batch (see "Rows").
-        include: Node-name globs of the layers to refit (empty: every eligible layer).
-        exclude: Node-name globs of layers to leave as they are.
+        include: Globs on node names (``op→output`` for an unnamed node) of the layers to
+            refit (empty: every eligible layer).
+        exclude: Globs of layers to leave as they are.
     """
 
     name: ClassVar[str] = "reconstruct"
@@ -116,14 +117,16 @@ class Reconstruct(Pass):
         """Refit every eligible layer, wave by wave in topological order."""
         teacher_shapes = ctx.teacher().analysis(analyses.shapes)
         layers, skipped = [], {}
+        labels = {id(n): node_label(n) for n in model.graph.nodes}
         for pattern in (*self.include, *self.exclude):
-            if not any(fnmatch.fnmatchcase(n.name, pattern) for n in model.graph.nodes):
+            if not any(fnmatch.fnmatchcase(label, pattern) for label in labels.values()):
                 raise PassError(f"reconstruct: pattern '{pattern}' names no node")
         for node in model.graph.nodes:
             if node.op in _KINDS:
-                if (self.include and not any(fnmatch.fnmatchcase(node.name, p)
+                label = labels[id(node)]
+                if (self.include and not any(fnmatch.fnmatchcase(label, p)
                                              for p in self.include)) or any(
-                        fnmatch.fnmatchcase(node.name, p) for p in self.exclude):
+                        fnmatch.fnmatchcase(label, p) for p in self.exclude):
                     skipped[node_label(node)] = "left out by include/exclude"
                     continue
                 found = _KINDS[node.op].make(node, teacher_shapes, self.rows_per_batch)
