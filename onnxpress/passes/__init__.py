@@ -30,6 +30,7 @@ __all__ = [
     "Calibrate", "Cleanup", "Context", "DumpAfterEach", "EliminateDeadCode", "EliminateIdentity",
     "FoldConstants", "Fuse", "FuseBatchNorm", "FuseGelu", "FuseGemm", "FuseLayerNorm", "FusePad",
     "FuseTransposes", "LowRank", "MixedPrecision", "Pass", "PassManager", "PassRecord",
-    "PassResult", "PruneChannels", "PruneGuarded", "PruneMagnitude", "QuantizeDynamic", "QuantizeStatic",
-    "Reconstruct", "Report", "Sequence", "Sparsify2to4", "get", "registered", "resolve",
+    "PassResult", "PruneChannels", "PruneGuarded", "PruneMagnitude", "QuantizeDynamic",
+    "QuantizeStatic", "Reconstruct", "Report", "Sequence", "Sparsify2to4", "get", "registered",
+    "resolve",
 ]

@@ -67,6 +67,9 @@ from onnxpress.runtime.guard import Reference, holdout
 
 CRITERIA = ("l1", "l2", "bn-gamma")
 
+#: Input elements the sensitivity trials run on at most (four 640×480 RGB images).
+SENSITIVITY_ELEMENTS = 4 * 3 * 640 * 480
+
 
 def kept_channels(node: gs.Node) -> np.ndarray | None:
     """The channels of the original model a pruned layer keeps (None if never pruned)."""
@@ -91,7 +94,8 @@ class PruneChannels(Pass):
         exclude: Node-name globs; a group with a matching producer (or depthwise Conv) is
             left whole.
         prune_first: Also prune groups produced by a layer that reads a graph input.
-        samples: Held-back samples of ctx.data the sensitivities are measured on.
+        samples: Samples of ctx.data (the last ones) the sensitivities are measured on;
+            fewer for large inputs (`SENSITIVITY_ELEMENTS`).
     """
 
     name: ClassVar[str] = "prune-channels"
@@ -202,7 +206,7 @@ class PruneChannels(Pass):
         if ctx.data is not None:
             lowest = [np.argsort(scores, kind="stable")[:d] for (_, scores), d
                       in zip(scored, deepest, strict=True)]
-            reference = Reference(model, holdout(model, ctx.data, self.samples))
+            reference = Reference(model, holdout(model, ctx.data, self._samples(model)))
             sens = group_sensitivity(model, coupling, [(g, r) for (g, _), r
                                                        in zip(scored, lowest, strict=True)],
                                      reference, ctx.progress)
@@ -250,6 +254,13 @@ class PruneChannels(Pass):
         return [group.channels - d for (group, _), d in zip(scored, done, strict=True)]
 
     # ----------------------------------------------------------------------------------------
+    def _samples(self, model: Model) -> int:
+        """Samples to measure sensitivities on: `samples`, fewer for large inputs (at most
+        `SENSITIVITY_ELEMENTS` input elements, at least 2 samples)."""
+        per = sum(math.prod(d for d in t.shape[1:] if isinstance(d, int) and d > 0)
+                  for t in model.graph.inputs if t.shape)
+        return max(2, min(self.samples, SENSITIVITY_ELEMENTS // max(per, 1)))
+
     def _skipped(self, model: Model, coupling: Coupling, stats: dict) -> dict[str, str]:
         """Groups kept whole by `exclude` or as first layers; warns about globs matching no
         node."""

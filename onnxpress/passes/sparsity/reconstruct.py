@@ -35,9 +35,14 @@ into ``group`` independent problems — ``X_g`` holds the ``C/g·Πk`` inputs of
 
 Order. Layers are refitted sequentially, as in AdaRound and GPTQ: each wave holds the layers
 with no un-refitted layer upstream, and its inputs are re-collected from the model with every
-earlier wave already refitted, so later layers also correct the error left upstream. Each
-wave runs one probe: the student and the teacher (its tensors prefixed) side by side in one
-onnxruntime session fed the same batch, so ``X`` and ``Y`` always pair row for row.
+earlier wave already refitted, so later layers also correct the error left upstream (the
+student's inputs, the teacher's targets).
+
+Cost. The teacher runs once: one pass over the data keeps, per layer and batch, the drawn
+rows of its outputs (O(batches · rows_per_batch · channels), not the full maps). Each wave
+then runs only the part of the student before its layers (a probe whose outputs are the
+wave's inputs, everything after them dropped) and pairs each batch with the rows kept for it,
+so ``X`` and ``Y`` pair row for row as long as the data gives the same batches every pass.
 """
 
 from __future__ import annotations
@@ -50,12 +55,12 @@ from typing import ClassVar
 
 import networkx as nx
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 from numpy.lib.stride_tricks import sliding_window_view
 
 from onnxpress.errors import DataError, PassError, PreconditionError
 from onnxpress.ir import analyses
+from onnxpress.ir.edit import dead_code
 from onnxpress.ir.model import Model
 from onnxpress.passes.base import Context, Pass, PassResult
 from onnxpress.passes.calibrate.observers import Gram
@@ -63,9 +68,6 @@ from onnxpress.passes.sparsity.channels import kept_channels
 from onnxpress.passes.sparsity.coupling import node_label, set_constant
 from onnxpress.passes.sparsity.weights import as_patterns
 from onnxpress.runtime.collect import collect
-
-#: Prefix of the teacher's tensor names inside the paired probe.
-TEACHER_PREFIX = "onnxpress.teacher/"
 
 
 @dataclass(frozen=True)
@@ -138,33 +140,39 @@ class Reconstruct(Pass):
         if not layers:
             stats["reason"] = "no Conv/Gemm/MatMul whose output the teacher also has"
             return PassResult(False, stats)
-        teacher = _prefixed(ctx.teacher(), model)
+        _check_inputs(ctx.teacher(), model)
+        stats["samples"] = self._collect(ctx.teacher(), _TeacherRows.for_layers(layers),
+                                         ctx, 0, "teacher")
         for wave in _waves(model, layers):
-            samples = self._collect(model, teacher, wave, ctx, stats["waves"])
-            if stats["waves"] and samples != stats["samples"]:
-                raise DataError(_reread(f"{ctx.data.origin}: {stats['samples']} samples on "
-                                        f"the first wave, {samples} now", stats["waves"]))
+            samples = self._collect(_upto(model, wave), _StudentRows.for_layers(wave), ctx,
+                                    stats["waves"] + 1, f"wave {stats['waves'] + 1}")
+            if samples != stats["samples"]:
+                raise DataError(_reread(f"{ctx.data.origin}: {stats['samples']} samples for "
+                                        f"the teacher, {samples} now", stats["waves"] + 1))
             for layer in wave:
                 error, ridge = layer.refit(model, self.ridge)
                 stats["error"][node_label(layer.node)] = error
                 stats["ridge"][node_label(layer.node)] = ridge
             stats["waves"] += 1
-            stats["samples"] = samples
         stats["layers"] = len(stats["error"])
         return PassResult(True, stats)
 
-    def _collect(self, model: Model, teacher: onnx.GraphProto, wave: list[_Layer],
-                 ctx: Context, done: int) -> int:
-        """Stream one pass over the data into the wave's Grams; return the samples read."""
-        pairs = _Pairs(wave)
+    def _collect(self, model: Model, observers: dict, ctx: Context, done: int, what: str
+                 ) -> int:
+        """Stream one pass over the data into `observers`; return the samples read."""
         try:
-            return collect(_paired(model, teacher), pairs.names, ctx.data, pairs.observers,
-                           target=ctx.target, batch_size=self.batch_size,
-                           progress=ctx.progress).samples
+            return collect(model, list(observers), ctx.data, observers, target=ctx.target,
+                           batch_size=self.batch_size,
+                           progress=_named(ctx.progress, f"reconstruct: {what}")).samples
         except DataError as e:
             if not done:
                 raise
             raise DataError(_reread(str(e), done)) from None
+
+
+def _named(progress, title: str):
+    """`progress` with its bars titled `title`."""
+    return lambda description, total: progress(f"{title} ({description})", total)
 
 
 def _reread(problem: str, done: int) -> str:
@@ -201,7 +209,9 @@ class _Layer:
         self.held = [Gram(axis=-1, name=f"{node_label(node)}[{g}] held")
                      for g in range(problems)]
         self.energy = 0.0
-        self.batches = 0
+        #: Per teacher batch: the rows drawn and the teacher's outputs there.
+        self.kept: list[tuple[np.ndarray, np.ndarray | None]] = []
+        self.seen = 0
 
     @classmethod
     def make(cls, node: gs.Node, teacher_shapes: dict, rows_per_batch: int = 4096
@@ -255,18 +265,29 @@ class _Layer:
         """Write the solved ``[d, o]`` matrices back as weight and bias."""
         raise NotImplementedError
 
-    def accumulate(self, x: np.ndarray, y: np.ndarray) -> None:
-        """Fold one batch of student inputs and teacher outputs into the Grams."""
+    def keep_targets(self, y: np.ndarray) -> None:
+        """Keep the rows drawn from one batch of the teacher's outputs (see "Rows")."""
         if self.channels is not None:
             y = np.take(y, self.channels, axis=self.axis)
         y = np.moveaxis(y, self.axis, -1)
         y = y.reshape(-1, y.shape[-1])
         rows = np.arange(len(y))
         if len(y) > self.rows_per_batch:
-            rng = np.random.default_rng([self.batches, len(y)])
+            rng = np.random.default_rng([len(self.kept), len(y)])
             rows = np.sort(rng.choice(len(y), self.rows_per_batch, replace=False))
-        self.batches += 1
-        y = y[rows]
+        y = np.array(y[rows])
+        self.kept.append((rows, y))
+        self.energy += float(np.square(y, dtype=np.float64).sum())
+
+    def accumulate(self, x: np.ndarray) -> None:
+        """Fold the next batch of student inputs, paired with its kept teacher rows, into
+        the Grams (one row in `HELD` into the held-out ones)."""
+        if self.seen >= len(self.kept):
+            raise DataError(f"reconstruct: more batches for layer '{node_label(self.node)}' "
+                            "than the teacher was run on")
+        rows, y = self.kept[self.seen]
+        self.kept[self.seen] = (rows, None)  # the batch must not outlive its step
+        self.seen += 1
         held = np.arange(len(rows)) % HELD == 0
         per = y.shape[1] // self.problems
         for g, (gram, other, x_g) in enumerate(zip(self.grams, self.held,
@@ -274,7 +295,6 @@ class _Layer:
             y_g = y[:, g * per:(g + 1) * per]
             gram.update(x_g[~held], y_g[~held])
             other.update(x_g[held], y_g[held])
-        self.energy += float(np.square(y, dtype=np.float64).sum())
 
     def refit(self, model: Model, ridge: float | None) -> tuple[list[float], float]:
         """Solve the normal equations, store the weights; relative error before and after,
@@ -519,39 +539,51 @@ _KINDS: dict[str, type[_Layer]] = {"Conv": _Conv, "Gemm": _Gemm, "MatMul": _MatM
 
 # --------------------------------------------------------------------------------------------
 # Collection
-class _Pairs:
-    """Observers for one wave: per batch, wait for every tensor, then feed each layer.
+class _TeacherRows:
+    """Observer of a teacher tensor: every layer targeting it keeps its drawn rows."""
 
-    `collect` hands each observed tensor to its own observer; a layer needs two at once (its
-    student input and its teacher output), and layers may share an input, so the observers
-    only park their batch here and the last arrival of a batch feeds every layer.
-    """
-
-    def __init__(self, layers: Sequence[_Layer]) -> None:
-        self.layers = list(layers)
-        names = [n for layer in layers
-                 for n in (layer.node.inputs[0].name, TEACHER_PREFIX + layer.target)]
-        self.names = list(dict.fromkeys(names))
-        self.observers = {name: _Parked(self, name) for name in self.names}
-        self.batch: dict[str, np.ndarray] = {}
-
-    def park(self, name: str, value: np.ndarray) -> None:
-        self.batch[name] = value
-        if len(self.batch) == len(self.names):
-            for layer in self.layers:
-                layer.accumulate(self.batch[layer.node.inputs[0].name],
-                                 self.batch[TEACHER_PREFIX + layer.target])
-            self.batch.clear()  # the batch must not outlive its step
-
-
-class _Parked:
-    """The observer `collect` sees for one tensor of a `_Pairs`."""
-
-    def __init__(self, pairs: _Pairs, name: str) -> None:
-        self.pairs, self.name = pairs, name
+    def __init__(self, layers: list[_Layer]) -> None:
+        self.layers = layers
 
     def update(self, batch: np.ndarray) -> None:
-        self.pairs.park(self.name, batch)
+        for layer in self.layers:
+            layer.keep_targets(batch)
+
+    @staticmethod
+    def for_layers(layers: Sequence[_Layer]) -> dict[str, _TeacherRows]:
+        by: dict[str, list[_Layer]] = {}
+        for layer in layers:
+            by.setdefault(layer.target, []).append(layer)
+        return {name: _TeacherRows(group) for name, group in by.items()}
+
+
+class _StudentRows(_TeacherRows):
+    """Observer of a student tensor: every layer of the wave reading it accumulates."""
+
+    def update(self, batch: np.ndarray) -> None:
+        for layer in self.layers:
+            layer.accumulate(batch)
+
+    @staticmethod
+    def for_layers(layers: Sequence[_Layer]) -> dict[str, _StudentRows]:
+        by: dict[str, list[_Layer]] = {}
+        for layer in layers:
+            by.setdefault(layer.node.inputs[0].name, []).append(layer)
+        return {name: _StudentRows(group) for name, group in by.items()}
+
+
+def _upto(model: Model, wave: Sequence[_Layer]) -> Model:
+    """A copy of `model` computing only the wave's inputs (its outputs: those tensors), so a
+    wave runs the part of the graph before it, not the whole model."""
+    probe = model.copy()
+    tensors = probe.graph.tensors()
+    inputs = {t.name for t in probe.graph.inputs}
+    names = list(dict.fromkeys(layer.node.inputs[0].name for layer in wave))
+    computed = [tensors[n] for n in names if n not in inputs]
+    if computed:
+        probe.graph.outputs = computed
+        dead_code(probe.graph)
+    return probe
 
 
 def _waves(model: Model, layers: list[_Layer]) -> list[list[_Layer]]:
@@ -568,27 +600,17 @@ def _waves(model: Model, layers: list[_Layer]) -> list[list[_Layer]]:
     return waves
 
 
-def _prefixed(teacher: Model, student: Model) -> onnx.GraphProto:
-    """The teacher's graph with every name but its inputs prefixed by `TEACHER_PREFIX`.
+def _check_inputs(teacher: Model, student: Model) -> None:
+    """The teacher must read only inputs the student has (both run on the same feeds).
 
     Raises:
         PassError: the teacher reads an input the student does not have.
     """
-    graph = teacher.to_onnx().graph
-    missing = {i.name for i in graph.input} - {t.name for t in student.graph.inputs}
+    missing = ({t.name for t in teacher.graph.inputs}
+               - {t.name for t in student.graph.inputs})
     if missing:
         raise PassError(f"the teacher reads inputs {sorted(missing)} the model does not have; "
                         "reconstruct compares two models with the same inputs")
-    return onnx.compose.add_prefix_graph(graph, TEACHER_PREFIX, rename_inputs=False)
-
-
-def _paired(student: Model, teacher: onnx.GraphProto) -> Model:
-    """One model computing the student and the prefixed teacher from the same inputs."""
-    proto = student.to_onnx()
-    proto.graph.node.extend(teacher.node)
-    proto.graph.initializer.extend(teacher.initializer)
-    proto.graph.sparse_initializer.extend(teacher.sparse_initializer)
-    return Model.from_onnx(proto)
 
 
 __all__ = ["Reconstruct"]
