@@ -259,7 +259,7 @@ def _optimize(args: argparse.Namespace, ui: _Ui) -> None:
     size_before = source.stat().st_size  # before saving: OUT may be MODEL (--overwrite)
     model.save(out, overwrite=args.overwrite)
     ui.out.print(_report_table(model.report))
-    for _, record in model.report.walk():
+    for record in model.report.records:
         for key in sorted(LONG_STATS & record.stats.keys()):
             ui.out.print(f"{record.name}: {key}: {record.stats[key]}")
     ui.out.print(f"wrote {out}: {_change(size_before, out.stat().st_size)}")

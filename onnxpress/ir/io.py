@@ -2,7 +2,9 @@
 
 `load` accepts what users hold — a path, serialized bytes, a ModelProto, a gs.Graph or a
 `Model` — and always returns a fresh `Model` that shares nothing with its argument. Errors
-name the file and say what is wrong with it.
+name the file and say what is wrong with it. A model loaded from a file does not read its
+weights: they are memory-mapped from the file (or its external data, resolved against its
+folder only) when a pass first reads them, see `onnxpress.ir.external`.
 
 `save` is atomic and crash-consistent: the model (and its external data, see
 `onnxpress.ir.external`) is written into a private staging folder beside the destination,
@@ -16,6 +18,7 @@ guard for every other file onnxpress writes.
 
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 import stat
@@ -72,21 +75,36 @@ def load(model: ModelLike) -> Model:
             raise ModelLoadError(f"{path}: no such file")
         if not path.is_file():
             raise ModelLoadError(f"{path}: not a regular file (a device, FIFO or socket)")
-        proto = _parse(path.read_bytes(), str(path))
-        data_files = external.load_all(proto, path)
+        proto = _parse(_lifted(path), str(path))
+        sparse_files = external.inline_sparse(proto, path)
+        for tensor in external.tensors(proto):  # every location checked before anything runs
+            if external.is_external(tensor):
+                external.resolve(tensor, path.parent, path)
         loaded = _from_proto(proto, str(path), source=path.resolve())
-        loaded.source_files = frozenset({Path(os.path.realpath(path)), *data_files})
+        data_files = external.attach(loaded.graph, path)
+        loaded.source_files = frozenset({Path(os.path.realpath(path)), *data_files,
+                                         *sparse_files})
         return loaded
     raise ModelLoadError(
         f"cannot load a {type(model).__name__}: give a path, bytes, onnx.ModelProto, "
         "gs.Graph or onnxpress.Model")
 
 
+def _lifted(path: Path) -> bytes:
+    """The model file's bytes with its large weights replaced by references into the file."""
+    with open(path, "rb") as f:
+        if not os.fstat(f.fileno()).st_size:
+            return b""
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            try:
+                return external.lift(mapped, path.name)
+            except ModelLoadError as e:
+                raise ModelLoadError(f"{path}: {e}") from None
+
+
 def _from_proto(proto: onnx.ModelProto, what: str, source: Path | None = None) -> Model:
-    """Check the proto (which must hold all its data) and import it."""
-    if any(external.is_external(t) for t in external.tensors(proto)):
-        raise ModelLoadError(f"{what}: the model keeps tensors in external files, which can "
-                             "only be found beside a model file; load it by its path")
+    """Check the proto and import it; only a model loaded from a file may keep external data
+    (resolved against its folder)."""
     fidelity.densify_sparse(proto, what)
     try:
         return Model.from_onnx(_checked(proto, what), source=source)
@@ -110,7 +128,7 @@ def _checked(proto: onnx.ModelProto, what: str) -> onnx.ModelProto:
     """Run the ONNX checker so broken input fails here, not deep inside a pass."""
     try:
         if proto.ByteSize() < PROTOBUF_LIMIT:
-            onnx.checker.check_model(proto)
+            external.check(proto, full_check=False)
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0]
         raise ModelLoadError(f"{what}: invalid ONNX model: {first}") from None
@@ -190,9 +208,14 @@ def save(model: Model, path: str | os.PathLike, *, overwrite: bool = False,
     check_destination(path, [(f, "a file the model reads (its external data)")
                              for f in model.source_files
                              if model.source is None or not _same_file(f, model.source)])
-    proto = model.to_onnx()
+    proto = model.to_onnx(weights=False)  # large tensors are stubs, streamed when written
+    try:
+        external.check(proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise SaveError(f"{path}: the model fails the ONNX checker, not written: "
+                        f"{_checker_message(e, proto)}") from None
     if external_data is None:
-        external_data = proto.ByteSize() >= PROTOBUF_LIMIT
+        external_data = proto.ByteSize() + external.deferred_bytes(proto) >= PROTOBUF_LIMIT
     _remove_abandoned_staging(path.parent)
     try:
         staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-",
@@ -215,14 +238,12 @@ def _publish(proto: onnx.ModelProto, path: Path, staging: Path, external_data: b
     staged = staging / path.name
     data = external.externalize(proto, staging, path.name) if external_data else None
     with open(staged, "wb") as f:
-        f.write(proto.SerializeToString())
+        if external_data:
+            f.write(proto.SerializeToString())
+        else:
+            external.write_inline(proto, f)
         f.flush()
         os.fsync(f.fileno())
-    try:
-        onnx.checker.check_model(str(staged), full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise SaveError(f"{path}: the model fails the ONNX checker, not written: "
-                        f"{_checker_message(e, proto)}") from None
     if data is not None:
         published = path.parent / data.name
         # The name is the content's hash: an existing file of that name holds these bytes.

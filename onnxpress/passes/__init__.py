@@ -15,8 +15,11 @@ from onnxpress.passes.fusion.pipeline import Fuse
 from onnxpress.passes.fusion.transpose import FuseTransposes
 from onnxpress.passes.lowrank import LowRank
 from onnxpress.passes.manager import DumpAfterEach, PassManager
+from onnxpress.passes.quantize.bias_correction import BiasCorrection
 from onnxpress.passes.quantize.dynamic import QuantizeDynamic
+from onnxpress.passes.quantize.equalize import AbsorbBias, Equalize
 from onnxpress.passes.quantize.sensitivity import MixedPrecision
+from onnxpress.passes.quantize.smoothquant import SmoothQuant
 from onnxpress.passes.quantize.static import QuantizeStatic
 from onnxpress.passes.sequence import Sequence
 from onnxpress.passes.sparsity.channels import PruneChannels
@@ -27,10 +30,11 @@ from onnxpress.passes.sparsity.semi_structured import Sparsify2to4
 from onnxpress.report import PassRecord, Report
 
 __all__ = [
-    "Calibrate", "Cleanup", "Context", "DumpAfterEach", "EliminateDeadCode", "EliminateIdentity",
-    "FoldConstants", "Fuse", "FuseBatchNorm", "FuseGelu", "FuseGemm", "FuseLayerNorm", "FusePad",
-    "FuseTransposes", "LowRank", "MixedPrecision", "Pass", "PassManager", "PassRecord",
-    "PassResult", "PruneChannels", "PruneGuarded", "PruneMagnitude", "QuantizeDynamic",
-    "QuantizeStatic", "Reconstruct", "Report", "Sequence", "Sparsify2to4", "get", "registered",
+    "AbsorbBias", "BiasCorrection", "Calibrate", "Cleanup", "Context", "DumpAfterEach",
+    "EliminateDeadCode", "EliminateIdentity", "Equalize", "FoldConstants", "Fuse",
+    "FuseBatchNorm", "FuseGelu", "FuseGemm", "FuseLayerNorm", "FusePad", "FuseTransposes",
+    "LowRank", "MixedPrecision", "Pass", "PassManager", "PassRecord", "PassResult",
+    "PruneChannels", "PruneGuarded", "PruneMagnitude", "QuantizeDynamic", "QuantizeStatic",
+    "Reconstruct", "Report", "Sequence", "SmoothQuant", "Sparsify2to4", "get", "registered",
     "resolve",
 ]

@@ -13,7 +13,7 @@ from onnxpress import demo
 from onnxpress.errors import DataError
 from onnxpress.ir import load
 from onnxpress.passes.calibrate import Histogram, MinMax
-from onnxpress.runtime.collect import collect
+from onnxpress.runtime.collect import collect, plan_memory
 from onnxpress.runtime.data import DataSource
 from onnxpress.testing import make_model
 
@@ -148,3 +148,21 @@ def test_memory_does_not_grow_with_the_data(digits, tensors):
         sizes.append(sum(o.nbytes for o in seen.values()))
     assert sizes[0] == sizes[1] == len(tensors) * (2048 * 8 + 24)
     assert peaks[1] < 1.5 * peaks[0]  # ten times the samples, about the same peak
+
+
+def test_a_memory_bound_shrinks_the_batch_not_the_ranges(digits, tensors):
+    unbounded, bounded = observers(tensors, Histogram), observers(tensors, Histogram)
+    first = collect(digits, tensors, demo.calibration_data(), unbounded, batch_size=64)
+    fetched = [n for n in tensors if n != "input"]
+    per_sample = sum(v[:1].nbytes for n, v in reference_outputs(tensors).items() if n in fetched)
+    second = collect(digits, tensors, demo.calibration_data(), bounded, batch_size=64,
+                     max_bytes=3 * per_sample)  # three samples per batch
+    assert (first.batches, second.batches) == (4, 86) and second.probes == 1
+    assert all(unbounded[n].percentile(99.9) == bounded[n].percentile(99.9) for n in tensors)
+
+
+def test_a_bound_below_one_sample_splits_the_tensors_over_probes():
+    sizes = {"a": 600.0, "b": 500.0, "c": 300.0}
+    batch, groups = plan_memory(["a", "b", "c"], sizes, 800, 32, [["a", "b", "c"]])
+    assert (batch, groups) == (1, [["a"], ["b", "c"]])
+    assert plan_memory(["a"], {"a": 10.0}, 100, 32, [["a"]]) == (10, [["a"]])

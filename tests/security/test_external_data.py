@@ -150,3 +150,16 @@ def test_external_data_without_a_file_has_no_folder_to_resolve_against(tmp_path,
     for given in (proto, proto.SerializeToString()):
         with pytest.raises(ModelLoadError, match="load it by its path"):
             ox.load(given)
+
+
+def test_a_symlinked_model_file_reads_its_own_weights(tmp_path):
+    """Model hubs' caches link model.onnx to a blob elsewhere: its inline weights load."""
+    proto, _ = _model("initializer")
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshot"
+    blobs.mkdir()
+    snapshot.mkdir()
+    (blobs / "sha256-abc").write_bytes(proto.SerializeToString())
+    os.symlink(blobs / "sha256-abc", snapshot / "model.onnx")
+    os.link(blobs / "sha256-abc", blobs / "second-name")  # and hard-linked: still itself
+    model = ox.load(snapshot / "model.onnx")
+    np.testing.assert_array_equal(run(model, _feeds(proto))[0], np.full(N, 3.0, np.float32))

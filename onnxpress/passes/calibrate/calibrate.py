@@ -70,6 +70,9 @@ class Calibrate(Pass):
         tensors: Tensor names to calibrate (None: `tensors_to_calibrate`).
         save: Path to write the table as JSON (None: keep it in the context only).
         max_outputs: Tensors per probe run, to bound memory on large models (None: all).
+        memory_mb: Bound on the activations one probe run fetches, in MiB: the batch shrinks
+            (and the tensors split over several probes) to stay under it; the ranges do not
+            change. None: no bound.
         run_on: Target whose onnxruntime providers run the probe (None: the pipeline's), e.g.
             "cpu" to calibrate for TensorRT on a machine without it.
     """
@@ -84,6 +87,7 @@ class Calibrate(Pass):
     tensors: tuple[str, ...] | None = None
     save: str | None = None
     max_outputs: int | None = None
+    memory_mb: int | None = 256
     run_on: str | None = None
 
     def __post_init__(self) -> None:
@@ -131,6 +135,7 @@ class Calibrate(Pass):
         observers = {name: self._observer(name) for name in tensors}
         collected = collect(model, tensors, ctx.data, observers, target=self._runner(ctx),
                             batch_size=self.batch_size, max_outputs=self.max_outputs,
+                            max_bytes=None if self.memory_mb is None else self.memory_mb << 20,
                             progress=ctx.progress)
         options = {"percentile": self.percentile} if self.method == "percentile" else {}
         if self.method != "minmax":

@@ -79,7 +79,15 @@ def _folded(m: Match, b: Builder, node: gs.Node, axis: int) -> tuple[gs.Constant
     s, t = _scale_shift(m)
     shape = [1] * w.ndim
     shape[axis] = -1
-    new_w = (w.astype(np.float64) * s.reshape(shape)).astype(w.dtype)
+    scale = s.reshape(shape)
+    new_w = np.empty_like(w)
+    # In float64 a few rows at a time: a whole float64 copy of a large weight would double
+    # the memory the fold needs (issue 11, item 8).
+    step = max(1, (1 << 22) // max(1, w[:1].size))
+    for start in range(0, len(w), step):
+        rows = slice(start, start + step)
+        part = scale[rows] if axis == 0 else scale
+        new_w[rows] = w[rows].astype(np.float64) * part
     new_b = (_bias(node, s.size) * s + t).astype(w.dtype)
     return (b.model.constant(weight.name, new_w),
             b.model.constant(f"{weight.name.removesuffix('weight')}bias", new_b))

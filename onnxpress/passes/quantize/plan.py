@@ -14,8 +14,9 @@ Placement, per node, from the target's op table (`onnxpress.targets.QRule`):
    the output (onnxruntime's MatMulIntegerToFloat / QGemm), so the residual stream, masks and
    softmax logits stay float.
 2. *Island ops* (Add, Mul, Concat, pools, Sigmoid, data movement) are quantized, on a target
-   with ``int8_islands`` (cpu), only where int8 already flows: every activation input must be
-   the int8 output of a unit planned before it (graph order is topological). onnxruntime fuses
+   with ``int8_islands`` (cpu), only where int8 already flows: every activation input must
+   carry a Q already — the output or an input of a unit planned before it (graph order is
+   topological). onnxruntime fuses
    ``DQ → op → Q`` only when all inputs come from a DQ, so an Add fed by a float tensor would
    add a Q/DQ pair and run in float anyway — the Add×79 / Mul×53 left unfused on a Paddle
    detector. A float constant input (a bias Add, a scale Mul) keeps the op float for the same
@@ -146,6 +147,8 @@ def plan(model: Model, target: Target, *, op_types: Sequence[str] | None = None,
         unit = Unit(node, rule, weights_only=(id(node) in blocks
                                               and rule.in_attention == "weights-only"))
         units.append(unit)
+        # Its inputs get a Q (a graph input read by a Conv, say): later readers may share it.
+        int8.update(id(node.inputs[i]) for i in rule.inputs(node))
         if not unit.weights_only and rule.output != "never":
             int8.add(id(_after_activation(graph, node.outputs[0], target)))
     return QuantPlan(units, _activations(graph, units, target), declined)

@@ -139,7 +139,7 @@ class MixedPrecision(Pass):
         def attempt(quantizer: QuantizeStatic) -> _Trial:
             trial = model.copy()
             record = ctx.run(quantizer, trial)
-            return _Trial(trial, reference.measure(trial), record.stats.get("nodes", 0))
+            return _Trial(trial, reference.measure(trial), record.stats)
 
         chosen, kept_float = attempt(self.quantize), []
         if not chosen.measured.meets(budget):
@@ -159,21 +159,22 @@ class MixedPrecision(Pass):
                     "smoothquant / equalize before calibrate")
             chosen = trials[k]
             kept_float = [n for n, _ in order[:k]]
-        if not chosen.nodes:
+        if not chosen.stats.get("nodes"):
             raise GuardError("quantize-static found nothing to quantize in this model for "
                              f"target '{ctx.target.name}'; it stays float")
-        stats = {"quantized": chosen.nodes, "kept_float": len(kept_float),
+        stats = {"quantized": chosen.stats["nodes"], "kept_float": len(kept_float),
                  "measured": chosen.measured.summary(), "samples": chosen.measured.samples}
         if kept_float:
             stats["float_units"] = ", ".join(kept_float)
-        result = chosen.model
         if self.latency and ctx.target.name == "cpu":
-            result, ratio, reverted = self._latency_guard(model, ctx, result, feeds,
-                                                          reference, kept_float)
+            chosen, ratio = self._latency_guard(model, ctx, chosen, feeds, reference,
+                                                kept_float)
             stats["latency_vs_float"] = round(ratio, 3)
-            if reverted:
-                stats["reverted"] = "island ops (they did not pay)"
-        model.adopt(result)
+        if "onnxruntime" in chosen.stats:
+            stats["onnxruntime"] = chosen.stats["onnxruntime"]
+        if chosen.stats.get("op_types"):
+            stats["reverted"] = "ops without weights (they did not pay)"
+        model.adopt(chosen.model)
         return PassResult(True, stats)
 
     # ----------------------------------------------------------------------------------------
@@ -206,26 +207,26 @@ class MixedPrecision(Pass):
         trials[high] = attempt(replace(self.quantize, exclude=excluded))
         return high if trials[high].measured.meets(budget) else None
 
-    def _latency_guard(self, model: Model, ctx: Context, chosen: Model,
-                       feeds: Sequence[Feeds],
-                       reference: Reference, kept_float: list[str]
-                       ) -> tuple[Model, float, bool]:
+    def _latency_guard(self, model: Model, ctx: Context, chosen: _Trial,
+                       feeds: Sequence[Feeds], reference: Reference, kept_float: list[str]
+                       ) -> tuple[_Trial, float]:
         """Time `chosen` against the float `model`; revert island ops if it does not pay."""
         feed = feeds[0]
-        ratio = latency_ratio(chosen, model, feed)
+        ratio = latency_ratio(chosen.model, model, feed)
         if ratio <= self.max_latency_ratio:
-            return chosen, ratio, False
+            return chosen, ratio
         anchors = replace(self.quantize, exclude=(*self.quantize.exclude, *kept_float),
                           op_types=tuple(op for op, rule in ctx.target.quantization.items()
                                          if rule.weight is not None))
         trial = model.copy()
-        ctx.run(anchors, trial)
+        record = ctx.run(anchors, trial)
         anchored_ratio = latency_ratio(trial, model, feed)
-        if anchored_ratio <= self.max_latency_ratio and reference.measure(trial).meets(
-                self.budget):
-            return trial, anchored_ratio, True
+        measured = reference.measure(trial)
+        if anchored_ratio <= self.max_latency_ratio and measured.meets(self.budget):
+            return _Trial(trial, measured, {**record.stats, "op_types": anchors.op_types}), \
+                anchored_ratio
         if self.allow_slower:
-            return chosen, ratio, False
+            return chosen, ratio
         raise GuardError(
             f"int8 runs at {ratio:.2f}x the float model's latency on this machine (weighted "
             f"layers only: {anchored_ratio:.2f}x; limit {self.max_latency_ratio}x, 1 thread, "
@@ -288,11 +289,11 @@ class MixedPrecision(Pass):
 
 @dataclass(frozen=True)
 class _Trial:
-    """One quantized candidate: the model, how it measured, and how many units it has."""
+    """One quantized candidate: the model, how it measured, and its quantize-static stats."""
 
     model: Model
     measured: Measurement
-    nodes: int
+    stats: dict
 
 
 def _run_alone(model: Model, node: gs.Node, activations: dict[int, np.ndarray],

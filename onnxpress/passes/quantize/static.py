@@ -140,6 +140,9 @@ class QuantizeStatic(Pass):
             if not any(matches(n, [pattern]) for n in model.graph.nodes):
                 warnings.warn(f"quantize-static: exclude pattern '{pattern}' matches no node",
                               stacklevel=2)
+        for node in model.graph.nodes:  # onnxruntime reports unfused units by name
+            if not node.name:
+                node.name = model.fresh_name(node.op)
         stats: dict = {}
         if self.per_channel and model.opset < PER_CHANNEL_OPSET and self.plan(
                 model, ctx.target).units:

@@ -24,7 +24,7 @@ import onnxpress as ox
 from onnxpress import demo
 from onnxpress.errors import DataError, PreconditionError
 from onnxpress.ir.model import Model
-from onnxpress.passes import Calibrate, Context, PassManager, QuantizeStatic
+from onnxpress.passes import Calibrate, Context, MixedPrecision, PassManager, QuantizeStatic
 from onnxpress.passes.calibrate.table import CalibrationTable
 from onnxpress.recipes import RECIPES
 from onnxpress.runtime.compare import compare
@@ -349,8 +349,10 @@ def test_cpu_digits_loses_at_most_half_a_point_and_weights_shrink(tmp_path):
     and zero-point tensors, which int8 cannot shrink — see benchmarks/RESULTS.md."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = ox.optimize(demo.model_path(), RECIPES["int8-cpu"],
-                            data=demo.calibration_data())
+        # Accuracy and size here, whatever this machine's int8 speed (the latency guard has
+        # its own tests): the recipe with allow_slower.
+        recipe = [*RECIPES["int8-cpu"][:-1], MixedPrecision(allow_slower=True)]
+        model = ox.optimize(demo.model_path(), recipe, data=demo.calibration_data())
     path = model.save(tmp_path / "digits.int8.onnx")
     result = compare(demo.model_path(), path, demo.test_data(), labels=demo.test_labels())
     assert result.samples == 540
@@ -500,7 +502,7 @@ def _mini_transformer() -> Model:
     (True, {"MatMul": 3, "Add": 0, "weights_only": 2}),
     # Treated like the rest, the block's MatMuls get output Q and the residual Add joins
     # two int8 tensors — what drops onnxruntime's quantizer to cosine 0.36 on MiniLM.
-    (False, {"MatMul": 3, "Add": 0, "weights_only": 0})])
+    (False, {"MatMul": 3, "Add": 1, "weights_only": 0})])
 def test_matmuls_inside_an_attention_block_are_weights_only(attention, expected):
     model = _mini_transformer()
     result = ox.optimize(model, [Calibrate(), QuantizeStatic(attention=attention)],
@@ -533,11 +535,10 @@ def test_op_types_restricts_the_quantized_ops():
 @pytest.mark.parametrize("pattern, kept, counts", [  # a node name, an op type, a glob
     ("/head/head.3/Gemm", ["/head/head.3/Gemm"], {"Conv": 7, "Gemm": 1, "Add": 2}),
     ("Gemm", ["/head/head.1/Gemm", "/head/head.3/Gemm"], {"Conv": 7, "Gemm": 0, "Add": 2}),
-    # block2's Add reads block1's output, which is float now: it would not fuse either.
     ("/block1/*", ["/block1/conv1/conv1.1/BatchNormalization/Conv",
                    "/block1/conv2/conv2.1/BatchNormalization/Conv",
                    "/block1/shortcut/shortcut.1/BatchNormalization/Conv", "/block1/Add"],
-     {"Conv": 4, "Add": 0, "Gemm": 2}),
+     {"Conv": 4, "Add": 1, "Gemm": 2}),
 ])
 def test_exclude_by_name_op_type_or_glob(pattern, kept, counts):
     model = quantized("digits", exclude=(pattern,))
