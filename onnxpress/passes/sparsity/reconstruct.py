@@ -550,11 +550,17 @@ class _TeacherRows:
             layer.keep_targets(batch)
 
     @staticmethod
-    def for_layers(layers: Sequence[_Layer]) -> dict[str, _TeacherRows]:
+    def tensor(layer: _Layer) -> str:
+        """The tensor this kind of observer watches for `layer`."""
+        return layer.target
+
+    @classmethod
+    def for_layers(cls, layers: Sequence[_Layer]) -> dict[str, _TeacherRows]:
+        """One observer per watched tensor, for every layer watching it."""
         by: dict[str, list[_Layer]] = {}
         for layer in layers:
-            by.setdefault(layer.target, []).append(layer)
-        return {name: _TeacherRows(group) for name, group in by.items()}
+            by.setdefault(cls.tensor(layer), []).append(layer)
+        return {name: cls(group) for name, group in by.items()}
 
 
 class _StudentRows(_TeacherRows):
@@ -565,11 +571,9 @@ class _StudentRows(_TeacherRows):
             layer.accumulate(batch)
 
     @staticmethod
-    def for_layers(layers: Sequence[_Layer]) -> dict[str, _StudentRows]:
-        by: dict[str, list[_Layer]] = {}
-        for layer in layers:
-            by.setdefault(layer.node.inputs[0].name, []).append(layer)
-        return {name: _StudentRows(group) for name, group in by.items()}
+    def tensor(layer: _Layer) -> str:
+        """The layer's input in the student."""
+        return layer.node.inputs[0].name
 
 
 def _upto(model: Model, wave: Sequence[_Layer]) -> Model:
