@@ -243,6 +243,9 @@ class Target:
     #: (onnxruntime's QDQ selectors: ``DQ → op → Q`` with all inputs dequantized). TensorRT
     #: places Q/DQ on chosen inputs instead (R-B3: the skip input of a residual Add).
     int8_islands: bool = False
+    #: Channel counts the target's kernels run without padding: pruned widths step by it
+    #: (onnxruntime's NCHWc convolutions pad channels to their block, `nchwc_block`).
+    channel_multiple: Callable[[], int] = lambda: 8
 
     @property
     def weight_bits(self) -> int:
@@ -292,16 +295,33 @@ def x86_without_vnni() -> bool:
     return not any(features.get(f) for f in ("AVX512_VNNI", "AVX512_CLX", "AVX_VNNI"))
 
 
+@functools.cache
+def nchwc_block() -> int:
+    """The NCHWc channel block of onnxruntime on this CPU: 16 with AVX-512F, else 8 (AVX2,
+    and the width that keeps other CPUs' vector kernels unpadded)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("flags"):
+                return 16 if "avx512f" in line.split(":", 1)[1].split() else 8
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:  # pragma: no cover - numpy < 2
+        from numpy.core._multiarray_umath import __cpu_features__ as features
+    return 16 if features.get("AVX512F") else 8
+
+
 TARGETS = {
     # uint8 activations: on x86 onnxruntime fuses int8 activations only after converting them
     # to uint8 itself, and measured slower than FP32 when given int8 (issue #4's figures).
     "cpu": Target("cpu", ("CPUExecutionProvider",), "onnxruntime", CPU_RULES, np.uint8, False,
-                  saturating_u8s8=x86_without_vnni, int8_islands=True),
+                  saturating_u8s8=x86_without_vnni, int8_islands=True,
+                  channel_multiple=nchwc_block),
     # onnxruntime's CUDA EP has no fused int8 Conv/MatMul (R-A7): quantize for tensorrt instead.
     "cuda": Target("cuda", ("CUDAExecutionProvider", "CPUExecutionProvider"), "onnxruntime-gpu"),
     "tensorrt": Target("tensorrt", ("TensorrtExecutionProvider", "CUDAExecutionProvider",
                                     "CPUExecutionProvider"), "onnxruntime-gpu (with TensorRT)",
-                       TENSORRT_RULES, np.int8, True),
+                       TENSORRT_RULES, np.int8, True, channel_multiple=lambda: 16),
 }
 
 

@@ -24,6 +24,7 @@ from onnxpress.passes.quantize.smoothquant import SmoothQuant
 from onnxpress.passes.quantize.static import QuantizeStatic
 from onnxpress.passes.sequence import Sequence
 from onnxpress.passes.sparsity.channels import PruneChannels
+from onnxpress.passes.sparsity.guarded import PruneGuarded
 from onnxpress.passes.sparsity.magnitude import PruneMagnitude
 from onnxpress.passes.sparsity.reconstruct import Reconstruct
 from onnxpress.passes.sparsity.semi_structured import Sparsify2to4
@@ -34,7 +35,8 @@ __all__ = [
     "EliminateDeadCode", "EliminateIdentity", "Equalize", "FoldConstants", "Fuse",
     "FuseActivations", "FuseBatchNorm", "FuseGelu", "FuseGemm", "FuseLayerNorm", "FusePad",
     "FuseTransposes", "LowRank", "MixedPrecision", "Pass", "PassManager", "PassRecord",
-    "PassResult", "PruneChannels", "PruneMagnitude", "QuantizeDynamic", "QuantizeStatic",
+    "PassResult", "PruneChannels", "PruneGuarded", "PruneMagnitude", "QuantizeDynamic",
+    "QuantizeStatic",
     "Reconstruct", "Report", "Sequence", "SmoothQuant", "Sparsify2to4", "get", "registered",
     "resolve",
 ]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,6 +30,9 @@ from onnxpress.ir.model import Model
 from onnxpress.runtime.compare import OutputAccumulator, OutputComparison
 from onnxpress.runtime.data import DataSource, Feeds, batch_size_for
 from onnxpress.runtime.session import session
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 #: Ops whose output's last axis is a distribution over classes.
 CLASS_OPS = frozenset({"Softmax", "LogSoftmax", "ArgMax", "TopK"})
@@ -137,11 +141,16 @@ class Reference:
 
     def measure(self, candidate: Model) -> Measurement:
         """Run `candidate` on the same feeds and compare its judged outputs."""
-        sess = session(candidate, "cpu")
+        return self.measure_session(session(candidate, "cpu"))
+
+    def measure_session(self, sess: ort.InferenceSession, extra: Feeds | None = None
+                        ) -> Measurement:
+        """Like `measure`, for a session already built, fed `extra` inputs beside each feed
+        (variants of one model whose weights are inputs run without a new session)."""
         accumulators = [OutputAccumulator(n) for n in self.names]
         samples = 0
         for feed, expected in zip(self.feeds, self.expected, strict=True):
-            got = sess.run(self.names, feed)
+            got = sess.run(self.names, {**feed, **(extra or {})})
             for acc, want, have in zip(accumulators, expected, got, strict=True):
                 acc.add(want, have)
             samples += len(expected[0]) if np.ndim(expected[0]) else 1

@@ -21,6 +21,12 @@ of that axis. Ops map the layouts of their inputs to the layouts of their output
 - identity, ``L_out = L_in``: BatchNormalization, unary elementwise ops (Relu, Clip,
   Sigmoid, …), MaxPool / AveragePool / GlobalAveragePool, Resize and Pad that leave the
   channel axis alone, Split and Slice along another axis;
+- axis moves, same segments: Transpose (the channel axis goes to ``perm⁻¹(axis)``), Squeeze /
+  Unsqueeze of other axes, and reductions (ReduceMean, ReduceSum, …) over other axes
+  (torch's ``x.mean((2, 3))``; without ``keepdims`` the axis moves down);
+- LSTM reads its input's channels on the last axis of ``X [seq, batch, C]``: a consumer, its
+  ``W`` sliced on axis 2; its hidden channels open no space (four gates deep in ``W``, ``R``,
+  ``B``, recurrent), so what it outputs is never pruned;
 - Concat on the channel axis, ``L_out = L_1 ‖ L_2 ‖ …``: the offsets ``o_j`` shift by the
   widths before them (the offset mapping);
 - Split and Slice on the channel axis (the reverse offset mapping): an output that takes the
@@ -112,6 +118,11 @@ CONTRIB_ELEMENTWISE = frozenset({"BiasGelu", "FastGelu", "Gelu", "QuickGelu"})
 #: Ops that pool over the spatial axes of an NCHW tensor, channel by channel.
 POOLS = frozenset({"AveragePool", "GlobalAveragePool", "GlobalLpPool", "GlobalMaxPool",
                    "LpPool", "MaxPool"})
+
+#: Reductions computed channel by channel when the channel axis is not reduced (torch's
+#: ``x.mean((2, 3))`` is a ReduceMean over H, W: a GlobalAveragePool without the 1×1 dims).
+REDUCES = frozenset({"ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax",
+                     "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare"})
 
 #: Layers whose weights define channel spaces.
 LAYERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
@@ -572,7 +583,9 @@ class _Propagation:
             "Resize": self._resize, "Pad": self._pad, "Split": self._split,
             "Slice": self._slice,
             **dict.fromkeys(UNARY, self._unary), **dict.fromkeys(ELEMENTWISE, self._elementwise),
-            **dict.fromkeys(POOLS, self._pool),
+            **dict.fromkeys(POOLS, self._pool), **dict.fromkeys(REDUCES, self._reduce),
+            "LSTM": self._lstm, "Transpose": self._transpose, "Squeeze": self._squeeze,
+            "Unsqueeze": self._unsqueeze,
         }
 
     # -- bookkeeping -----------------------------------------------------------------------
@@ -854,6 +867,89 @@ class _Propagation:
             self.freeze([layout], f"{_where(node)}: channels off axis 1, or its indices are read")
             return
         self.layouts[id(node.outputs[0])] = layout
+
+    def _reduce(self, node: gs.Node) -> None:
+        """A reduction over axes other than the channel axis keeps the channels; without
+        ``keepdims`` the channel axis moves down by the reduced axes before it."""
+        layout = self.layout(node.inputs[0])
+        if len(node.inputs) > 1 and not node.inputs[1].is_empty():
+            axes = _constant(node.inputs[1])
+        else:
+            axes = node.attrs.get("axes")
+        if axes is None or not len(np.ravel(axes)):
+            reason = ("its axes are not constant" if len(node.inputs) > 1
+                      and not node.inputs[1].is_empty() else "it reduces every axis")
+            self.freeze([layout], f"{_where(node)}: {reason}")
+            return
+        axes = {int(a) % layout.rank for a in np.ravel(axes)}
+        if layout.axis in axes:
+            self.freeze([layout], f"{_where(node)} reduces the channel axis")
+            return
+        if int(node.attrs.get("keepdims", 1)):
+            self.pass_through(node, layout)
+            return
+        axis = layout.axis - sum(1 for a in axes if a < layout.axis)
+        self.pass_through(node, Layout(axis, layout.rank - len(axes), layout.segments))
+
+    def _axes(self, node: gs.Node) -> list[int] | None:
+        """The ``axes`` of a Squeeze / Unsqueeze (input 1 at opset ≥ 13, else attribute)."""
+        if len(node.inputs) > 1 and not node.inputs[1].is_empty():
+            value = _constant(node.inputs[1])
+            return None if value is None else [int(a) for a in np.ravel(value)]
+        axes = node.attrs.get("axes")
+        return None if axes is None else [int(a) for a in axes]
+
+    def _transpose(self, node: gs.Node) -> None:
+        """The channel axis goes where the permutation puts it."""
+        layout = self.layout(node.inputs[0])
+        perm = [int(p) % layout.rank for p in node.attrs.get("perm",
+                                                            range(layout.rank - 1, -1, -1))]
+        self.pass_through(node, Layout(perm.index(layout.axis), layout.rank, layout.segments))
+
+    def _squeeze(self, node: gs.Node) -> None:
+        """Dropping axes of size 1 other than the channel axis shifts it down."""
+        layout, shape = self.layout(node.inputs[0]), _shape(node.inputs[0])
+        axes = self._axes(node)
+        if axes is None and shape is not None and all(isinstance(d, int) for d in shape):
+            axes = [i for i, d in enumerate(shape) if d == 1]
+        if axes is None:
+            self.freeze([layout], f"{_where(node)}: its axes are not constant")
+            return
+        axes = {a % layout.rank for a in axes}
+        if layout.axis in axes:
+            self.freeze([layout], f"{_where(node)} squeezes the channel axis")
+            return
+        self.pass_through(node, Layout(layout.axis - sum(a < layout.axis for a in axes),
+                                       layout.rank - len(axes), layout.segments))
+
+    def _unsqueeze(self, node: gs.Node) -> None:
+        """New axes of size 1 before the channel axis shift it up."""
+        layout = self.layout(node.inputs[0])
+        axes = self._axes(node)
+        if axes is None:
+            self.freeze([layout], f"{_where(node)}: its axes are not constant")
+            return
+        rank = layout.rank + len(axes)
+        inserted = {a % rank for a in axes}
+        kept = [i for i in range(rank) if i not in inserted]  # old axis j lands at kept[j]
+        self.pass_through(node, Layout(kept[layout.axis], rank, layout.segments))
+
+    def _lstm(self, node: gs.Node) -> None:
+        """LSTM input ``X [seq, batch, input]``: its channels are the last axis of ``W
+        [dirs, 4·hidden, input]`` (a consumer edit). The hidden channels stay whole: they are
+        packed four gates deep in ``W``, ``R`` and ``B`` and recur through ``R``."""
+        layout = self.layout(node.inputs[0])
+        weight = _float_constant(node.inputs[1])
+        carried = [self.layout(t) for t in node.inputs[1:]]
+        if any(carried):
+            self.freeze(carried, f"{_where(node)} reads channels as a weight or state")
+        if layout is None:
+            return
+        if weight is None or layout.axis != layout.rank - 1 or layout.rank != 3:
+            self.freeze([layout], f"{_where(node)}: the input's channels are not its last "
+                                  "axis, or W is not a float initializer")
+            return
+        self.edits.append(SliceInput(node, layout, "consumer", 1, 2))
 
     def _elementwise(self, node: gs.Node) -> None:
         out_shape = _shape(node.outputs[0])

@@ -12,13 +12,21 @@ prune-channels leaves), and ``W₀`` the current weights. The pass solves
 
     W' = argmin ‖X W − Y‖² + λ ‖W − W₀‖²   ⇔   (XᵀX + λI) W' = XᵀY + λ W₀
 
-with ``λ = ridge · mean(diag(XᵀX))`` (scale-free, as GPTQ's damping). The prior is ``W₀``
-rather than 0: a layer whose output already matches is a fixed point (``XᵀY = XᵀX W₀``), and
-directions the calibration data never excites (a channel that is always zero there) keep
-their original weights instead of collapsing to zero. ``XᵀX`` and ``XᵀY`` accumulate batch by
-batch in `Gram` observers, so memory is O(d² + d·o) per layer, never O(dataset).
+with ``λ = ridge · mean(diag(XᵀX))`` (scale-free, as GPTQ's damping). With ``ridge=None``
+(the default) the strength is chosen per layer by held-out error: every fifth row goes to a
+held-out Gram pair, each ``ridge ∈ RIDGES`` is solved on the other rows and scored by
+``‖X_h W − Y_h‖²`` (from the held-out Grams), and the best is solved again on all rows.
+The prior is ``W₀`` rather than 0: a layer whose output already matches is a fixed point
+(``XᵀY = XᵀX W₀``), and directions the calibration data never excites (a channel that is
+always zero there) keep their original weights instead of collapsing to zero. ``XᵀX`` and
+``XᵀY`` accumulate batch by batch in `Gram` observers, so memory is O(d² + d·o) per layer,
+never O(dataset).
 
-Rows. For a Gemm or MatMul, one row per sample (and per sequence position): ``X = A`` with
+Rows. A batch gives at most ``rows_per_batch`` rows per layer, drawn uniformly without
+replacement (seeded per layer and batch, so the result is deterministic): neighbouring output
+positions of a Conv are nearly collinear, and the Gram costs ``rows · d²``. Conv patches are
+gathered at the drawn positions only, never unfolded for the whole map. For a Gemm or
+MatMul, one row per sample (and per sequence position): ``X = A`` with
 ``W = αB`` (transposed for ``transB``) and bias ``βC``. A MatMul has no bias column. For a Conv,
 im2col: every output position is a row holding its receptive field, unfolded with numpy
 stride tricks after padding (pads, strides, dilations, auto_pad). A grouped Conv splits
@@ -27,13 +35,19 @@ into ``group`` independent problems — ``X_g`` holds the ``C/g·Πk`` inputs of
 
 Order. Layers are refitted sequentially, as in AdaRound and GPTQ: each wave holds the layers
 with no un-refitted layer upstream, and its inputs are re-collected from the model with every
-earlier wave already refitted, so later layers also correct the error left upstream. Each
-wave runs one probe: the student and the teacher (its tensors prefixed) side by side in one
-onnxruntime session fed the same batch, so ``X`` and ``Y`` always pair row for row.
+earlier wave already refitted, so later layers also correct the error left upstream (the
+student's inputs, the teacher's targets).
+
+Cost. The teacher runs once: one pass over the data keeps, per layer and batch, the drawn
+rows of its outputs (O(batches · rows_per_batch · channels), not the full maps). Each wave
+then runs only the part of the student before its layers (a probe whose outputs are the
+wave's inputs, everything after them dropped) and pairs each batch with the rows kept for it,
+so ``X`` and ``Y`` pair row for row as long as the data gives the same batches every pass.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,21 +55,19 @@ from typing import ClassVar
 
 import networkx as nx
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 from numpy.lib.stride_tricks import sliding_window_view
 
 from onnxpress.errors import DataError, PassError, PreconditionError
 from onnxpress.ir import analyses
+from onnxpress.ir.edit import dead_code
 from onnxpress.ir.model import Model
 from onnxpress.passes.base import Context, Pass, PassResult
 from onnxpress.passes.calibrate.observers import Gram
 from onnxpress.passes.sparsity.channels import kept_channels
 from onnxpress.passes.sparsity.coupling import node_label, set_constant
+from onnxpress.passes.sparsity.weights import as_patterns
 from onnxpress.runtime.collect import collect
-
-#: Prefix of the teacher's tensor names inside the paired probe.
-TEACHER_PREFIX = "onnxpress.teacher/"
 
 
 @dataclass(frozen=True)
@@ -66,17 +78,30 @@ class Reconstruct(Pass):
         ridge: Damping relative to the mean diagonal of ``XᵀX``, pulling towards the
             current weights; ≥ 0.
         batch_size: Samples per inference batch; does not change the result beyond rounding.
+        rows_per_batch: Rows drawn per layer and batch (see "Rows").
+        include: Globs on node names (``op→output`` for an unnamed node) of the layers to
+            refit (empty: every eligible layer).
+        exclude: Globs of layers to leave as they are.
     """
 
     name: ClassVar[str] = "reconstruct"
     exact: ClassVar[bool] = False
 
-    ridge: float = 1e-3
+    ridge: float | None = None
     batch_size: int = 32
+    rows_per_batch: int = 4096
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         """Validate the options now."""
-        if not self.ridge >= 0:
+        for option in ("include", "exclude"):
+            object.__setattr__(self, option, as_patterns(getattr(self, option), option,
+                                                         "reconstruct"))
+        if self.rows_per_batch < 1:
+            raise PassError(f"reconstruct: rows_per_batch must be positive, not "
+                            f"{self.rows_per_batch}")
+        if self.ridge is not None and not self.ridge >= 0:
             raise PassError(f"reconstruct: ridge must be ≥ 0, not {self.ridge}")
         if self.batch_size < 1:
             raise PassError(f"reconstruct: batch_size must be positive, not {self.batch_size}")
@@ -94,42 +119,60 @@ class Reconstruct(Pass):
         """Refit every eligible layer, wave by wave in topological order."""
         teacher_shapes = ctx.teacher().analysis(analyses.shapes)
         layers, skipped = [], {}
+        labels = {id(n): node_label(n) for n in model.graph.nodes}
+        for pattern in (*self.include, *self.exclude):
+            if not any(fnmatch.fnmatchcase(label, pattern) for label in labels.values()):
+                raise PassError(f"reconstruct: pattern '{pattern}' names no node")
         for node in model.graph.nodes:
             if node.op in _KINDS:
-                found = _KINDS[node.op].make(node, teacher_shapes)
+                label = labels[id(node)]
+                if (self.include and not any(fnmatch.fnmatchcase(label, p)
+                                             for p in self.include)) or any(
+                        fnmatch.fnmatchcase(label, p) for p in self.exclude):
+                    skipped[node_label(node)] = "left out by include/exclude"
+                    continue
+                found = _KINDS[node.op].make(node, teacher_shapes, self.rows_per_batch)
                 if isinstance(found, str):
                     skipped[node_label(node)] = found
                 else:
                     layers.append(found)
-        stats = {"layers": 0, "skipped": skipped, "error": {}, "waves": 0}
+        stats = {"layers": 0, "skipped": skipped, "error": {}, "ridge": {}, "waves": 0}
         if not layers:
             stats["reason"] = "no Conv/Gemm/MatMul whose output the teacher also has"
             return PassResult(False, stats)
-        teacher = _prefixed(ctx.teacher(), model)
+        _check_inputs(ctx.teacher(), model)
+        stats["samples"] = self._collect(ctx.teacher(), _TeacherRows.for_layers(layers),
+                                         ctx, 0, "teacher")
         for wave in _waves(model, layers):
-            samples = self._collect(model, teacher, wave, ctx, stats["waves"])
-            if stats["waves"] and samples != stats["samples"]:
-                raise DataError(_reread(f"{ctx.data.origin}: {stats['samples']} samples on "
-                                        f"the first wave, {samples} now", stats["waves"]))
+            samples = self._collect(_upto(model, wave), _StudentRows.for_layers(wave), ctx,
+                                    stats["waves"] + 1, f"wave {stats['waves'] + 1}")
+            if samples != stats["samples"]:
+                raise DataError(_reread(f"{ctx.data.origin}: {stats['samples']} samples for "
+                                        f"the teacher, {samples} now", stats["waves"] + 1))
             for layer in wave:
-                stats["error"][node_label(layer.node)] = layer.refit(model, self.ridge)
+                error, ridge = layer.refit(model, self.ridge)
+                stats["error"][node_label(layer.node)] = error
+                stats["ridge"][node_label(layer.node)] = ridge
             stats["waves"] += 1
-            stats["samples"] = samples
         stats["layers"] = len(stats["error"])
         return PassResult(True, stats)
 
-    def _collect(self, model: Model, teacher: onnx.GraphProto, wave: list[_Layer],
-                 ctx: Context, done: int) -> int:
-        """Stream one pass over the data into the wave's Grams; return the samples read."""
-        pairs = _Pairs(wave)
+    def _collect(self, model: Model, observers: dict, ctx: Context, done: int, what: str
+                 ) -> int:
+        """Stream one pass over the data into `observers`; return the samples read."""
         try:
-            return collect(_paired(model, teacher), pairs.names, ctx.data, pairs.observers,
-                           target=ctx.target, batch_size=self.batch_size,
-                           progress=ctx.progress).samples
+            return collect(model, list(observers), ctx.data, observers, target=ctx.target,
+                           batch_size=self.batch_size,
+                           progress=_named(ctx.progress, f"reconstruct: {what}")).samples
         except DataError as e:
             if not done:
                 raise
             raise DataError(_reread(str(e), done)) from None
+
+
+def _named(progress, title: str):
+    """`progress` with its bars titled `title`."""
+    return lambda description, total: progress(f"{title} ({description})", total)
 
 
 def _reread(problem: str, done: int) -> str:
@@ -154,16 +197,25 @@ class _Layer:
     #: Channel axis of the layer's output.
     axis: ClassVar[int]
 
-    def __init__(self, node: gs.Node, channels: np.ndarray | None, problems: int = 1) -> None:
+    def __init__(self, node: gs.Node, channels: np.ndarray | None, problems: int = 1,
+                 rows_per_batch: int = 4096) -> None:
         self.node = node
         self.target = node.outputs[0].name
         self.channels = channels
         self.problems = problems
+        self.rows_per_batch = rows_per_batch
+        # Row r of a batch goes to the held-out Grams when r % HELD == 0.
         self.grams = [Gram(axis=-1, name=f"{node_label(node)}[{g}]") for g in range(problems)]
+        self.held = [Gram(axis=-1, name=f"{node_label(node)}[{g}] held")
+                     for g in range(problems)]
         self.energy = 0.0
+        #: Per teacher batch: the rows drawn and the teacher's outputs there.
+        self.kept: list[tuple[np.ndarray, np.ndarray | None]] = []
+        self.seen = 0
 
     @classmethod
-    def make(cls, node: gs.Node, teacher_shapes: dict) -> _Layer | str:
+    def make(cls, node: gs.Node, teacher_shapes: dict, rows_per_batch: int = 4096
+             ) -> _Layer | str:
         """The layer, or why it cannot be refitted."""
         weight = node.inputs[1] if len(node.inputs) > 1 else None
         if not isinstance(weight, gs.Constant) or weight.values.dtype not in (np.float32,
@@ -183,7 +235,7 @@ class _Layer:
         if channels is None and isinstance(teacher_width, int) and teacher_width != width:
             return (f"{width} output channels, the teacher's '{node.outputs[0].name}' has "
                     f"{teacher_width}, and no kept-channels tag maps them")
-        return cls.check(node) or cls(node, channels, cls.problems_of(node))
+        return cls.check(node) or cls(node, channels, cls.problems_of(node), rows_per_batch)
 
     @staticmethod
     def width(node: gs.Node) -> int:
@@ -200,8 +252,9 @@ class _Layer:
         """Independent least-squares problems the layer splits into."""
         return 1
 
-    def design(self, x: np.ndarray) -> list[np.ndarray]:
-        """Rows of each problem (bias column included) for a batch of inputs."""
+    def design(self, x: np.ndarray, rows: np.ndarray) -> list[np.ndarray]:
+        """Rows `rows` (indices into the batch's rows) of each problem, bias column
+        included, for a batch of inputs."""
         raise NotImplementedError
 
     def initial(self) -> list[np.ndarray]:
@@ -212,34 +265,82 @@ class _Layer:
         """Write the solved ``[d, o]`` matrices back as weight and bias."""
         raise NotImplementedError
 
-    def accumulate(self, x: np.ndarray, y: np.ndarray) -> None:
-        """Fold one batch of student inputs and teacher outputs into the Grams."""
+    def keep_targets(self, y: np.ndarray) -> None:
+        """Keep the rows drawn from one batch of the teacher's outputs (see "Rows")."""
         if self.channels is not None:
             y = np.take(y, self.channels, axis=self.axis)
         y = np.moveaxis(y, self.axis, -1)
         y = y.reshape(-1, y.shape[-1])
-        per = y.shape[1] // self.problems
-        for g, (gram, rows) in enumerate(zip(self.grams, self.design(x), strict=True)):
-            gram.update(rows, y[:, g * per:(g + 1) * per])
+        rows = np.arange(len(y))
+        if len(y) > self.rows_per_batch:
+            rng = np.random.default_rng([len(self.kept), len(y)])
+            rows = np.sort(rng.choice(len(y), self.rows_per_batch, replace=False))
+        y = np.array(y[rows])
+        self.kept.append((rows, y))
         self.energy += float(np.square(y, dtype=np.float64).sum())
 
-    def refit(self, model: Model, ridge: float) -> list[float]:
+    def accumulate(self, x: np.ndarray) -> None:
+        """Fold the next batch of student inputs, paired with its kept teacher rows, into
+        the Grams (one row in `HELD` into the held-out ones)."""
+        if self.seen >= len(self.kept):
+            raise DataError(f"reconstruct: more batches for layer '{node_label(self.node)}' "
+                            "than the teacher was run on")
+        rows, y = self.kept[self.seen]
+        self.kept[self.seen] = (rows, None)  # the batch must not outlive its step
+        self.seen += 1
+        held = np.arange(len(rows)) % HELD == 0
+        per = y.shape[1] // self.problems
+        for g, (gram, other, x_g) in enumerate(zip(self.grams, self.held,
+                                                    self.design(x, rows), strict=True)):
+            y_g = y[:, g * per:(g + 1) * per]
+            gram.update(x_g[~held], y_g[~held])
+            other.update(x_g[held], y_g[held])
+
+    def refit(self, model: Model, ridge: float | None) -> tuple[list[float], float]:
         """Solve the normal equations, store the weights; relative error before and after,
-        ``‖XW − Y‖ / ‖Y‖`` on the calibration rows."""
+        ``‖XW − Y‖ / ‖Y‖`` on the calibration rows, and the ridge used."""
+        if ridge is None:
+            ridge = min(RIDGES, key=self._held_out_error)
         solutions, before, after = [], 0.0, 0.0
-        for gram, w0 in zip(self.grams, self.initial(), strict=True):
-            xtx, xty = gram.xtx, gram.xty
-            damping = ridge * float(np.mean(np.diag(xtx)))
-            try:
-                w = np.linalg.solve(xtx + damping * np.eye(len(xtx)), xty + damping * w0)
-            except np.linalg.LinAlgError:  # singular without damping (ridge=0, dead inputs)
-                w = np.linalg.lstsq(xtx, xty, rcond=None)[0]
+        for fit, held, w0 in zip(self.grams, self.held, self.initial(), strict=True):
+            xtx, xty = _sum(fit.xtx, held.xtx), _sum(fit.xty, held.xty)
+            w = _solve(xtx, xty, w0, ridge)
             before += _residual(xtx, xty, w0)
             after += _residual(xtx, xty, w)
             solutions.append(w)
         self.store(model, solutions)
         energy = max(self.energy, np.finfo(np.float64).tiny)
-        return [round(math.sqrt(max(energy + e, 0.0) / energy), 6) for e in (before, after)]
+        return ([round(math.sqrt(max(energy + e, 0.0) / energy), 6) for e in (before, after)],
+                ridge)
+
+    def _held_out_error(self, ridge: float) -> float:
+        """``‖X_h W − Y_h‖² − ‖Y_h‖²`` with `W` solved on the other rows at `ridge`."""
+        total = 0.0
+        for fit, held, w0 in zip(self.grams, self.held, self.initial(), strict=True):
+            if fit.xtx is None or held.xtx is None:
+                return 0.0  # too few rows to hold any back: every ridge ties
+            total += _residual(held.xtx, held.xty, _solve(fit.xtx, fit.xty, w0, ridge))
+        return total
+
+
+#: Every HELD-th row of a batch is held back to choose the ridge.
+HELD = 5
+
+#: Ridge strengths tried when none is given (relative to the mean diagonal of ``XᵀX``).
+RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+
+
+def _sum(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray:
+    return a if b is None else b if a is None else a + b
+
+
+def _solve(xtx: np.ndarray, xty: np.ndarray, w0: np.ndarray, ridge: float) -> np.ndarray:
+    """``(XᵀX + λI)⁻¹ (XᵀY + λW₀)``, ``λ = ridge · mean(diag(XᵀX))``."""
+    damping = ridge * float(np.mean(np.diag(xtx)))
+    try:
+        return np.linalg.solve(xtx + damping * np.eye(len(xtx)), xty + damping * w0)
+    except np.linalg.LinAlgError:  # singular without damping (ridge=0, dead inputs)
+        return np.linalg.lstsq(xtx, xty, rcond=None)[0]
 
 
 def _residual(xtx: np.ndarray, xty: np.ndarray, w: np.ndarray) -> float:
@@ -290,10 +391,10 @@ class _Conv(_Layer):
     def problems_of(node):
         return int(node.attrs.get("group", 1))
 
-    def design(self, x):
+    def design(self, x, rows):
         weight = self.node.inputs[1].values
         kernel = weight.shape[2:]
-        patches = _patches(np.asarray(x), kernel, self.node.attrs)  # [rows, C, Πk]
+        patches = _patches(np.asarray(x), kernel, self.node.attrs, rows)  # [rows, C, Πk]
         per = weight.shape[1]
         return [_with_ones(patches[:, g * per:(g + 1) * per].reshape(patches.shape[0], -1))
                 for g in range(self.problems)]
@@ -330,8 +431,9 @@ def _conv_pads(attrs: dict, spatial: Sequence[int], extents: Sequence[int]) -> l
     return list(attrs.get("pads", [0] * (2 * n)))
 
 
-def _patches(x: np.ndarray, kernel: Sequence[int], attrs: dict) -> np.ndarray:
-    """im2col: ``[rows = N·Πout, C, Πk]``, rows in (n, output position) order.
+def _patches(x: np.ndarray, kernel: Sequence[int], attrs: dict, rows: np.ndarray
+             ) -> np.ndarray:
+    """im2col at `rows` of ``N·Πout`` (in (n, output position) order): ``[rows, C, Πk]``.
 
     The padded input's sliding windows of the dilated kernel extent, taken every `stride`
     positions and every `dilation` inside the window, are the receptive fields.
@@ -346,8 +448,9 @@ def _patches(x: np.ndarray, kernel: Sequence[int], attrs: dict) -> np.ndarray:
     windows = windows[(slice(None), slice(None))
                       + tuple(slice(None, None, s) for s in strides)
                       + tuple(slice(None, None, d) for d in dilations)]  # [N, C, *out, *k]
-    windows = np.moveaxis(windows, 1, 1 + n)  # [N, *out, C, *k]
-    return windows.reshape(-1, x.shape[1], math.prod(kernel))
+    windows = np.moveaxis(windows, 1, 1 + n)  # [N, *out, C, *k], a view
+    picked = windows[np.unravel_index(rows, windows.shape[:1 + n])]  # gathers `rows` only
+    return picked.reshape(len(rows), x.shape[1], math.prod(kernel))
 
 
 class _Gemm(_Layer):
@@ -383,9 +486,9 @@ class _Gemm(_Layer):
         weight = weight.T if self.node.attrs.get("transB", 0) else weight
         return float(self.node.attrs.get("alpha", 1.0)) * weight
 
-    def design(self, x):
-        rows = np.asarray(x).reshape(x.shape[0], -1)
-        return [_with_ones(rows) if self.biased else rows]
+    def design(self, x, rows):
+        x = np.asarray(x).reshape(x.shape[0], -1)[rows]
+        return [_with_ones(x) if self.biased else x]
 
     def initial(self):
         weight = self._effective()
@@ -420,8 +523,8 @@ class _MatMul(_Layer):
     def check(node):
         return None if node.inputs[1].values.ndim == 2 else "the weight is not 2-D"
 
-    def design(self, x):
-        return [np.asarray(x).reshape(-1, x.shape[-1])]
+    def design(self, x, rows):
+        return [np.asarray(x).reshape(-1, x.shape[-1])[rows]]
 
     def initial(self):
         return [np.asarray(self.node.inputs[1].values, np.float64)]
@@ -436,39 +539,55 @@ _KINDS: dict[str, type[_Layer]] = {"Conv": _Conv, "Gemm": _Gemm, "MatMul": _MatM
 
 # --------------------------------------------------------------------------------------------
 # Collection
-class _Pairs:
-    """Observers for one wave: per batch, wait for every tensor, then feed each layer.
+class _TeacherRows:
+    """Observer of a teacher tensor: every layer targeting it keeps its drawn rows."""
 
-    `collect` hands each observed tensor to its own observer; a layer needs two at once (its
-    student input and its teacher output), and layers may share an input, so the observers
-    only park their batch here and the last arrival of a batch feeds every layer.
-    """
-
-    def __init__(self, layers: Sequence[_Layer]) -> None:
-        self.layers = list(layers)
-        names = [n for layer in layers
-                 for n in (layer.node.inputs[0].name, TEACHER_PREFIX + layer.target)]
-        self.names = list(dict.fromkeys(names))
-        self.observers = {name: _Parked(self, name) for name in self.names}
-        self.batch: dict[str, np.ndarray] = {}
-
-    def park(self, name: str, value: np.ndarray) -> None:
-        self.batch[name] = value
-        if len(self.batch) == len(self.names):
-            for layer in self.layers:
-                layer.accumulate(self.batch[layer.node.inputs[0].name],
-                                 self.batch[TEACHER_PREFIX + layer.target])
-            self.batch.clear()  # the batch must not outlive its step
-
-
-class _Parked:
-    """The observer `collect` sees for one tensor of a `_Pairs`."""
-
-    def __init__(self, pairs: _Pairs, name: str) -> None:
-        self.pairs, self.name = pairs, name
+    def __init__(self, layers: list[_Layer]) -> None:
+        self.layers = layers
 
     def update(self, batch: np.ndarray) -> None:
-        self.pairs.park(self.name, batch)
+        for layer in self.layers:
+            layer.keep_targets(batch)
+
+    @staticmethod
+    def tensor(layer: _Layer) -> str:
+        """The tensor this kind of observer watches for `layer`."""
+        return layer.target
+
+    @classmethod
+    def for_layers(cls, layers: Sequence[_Layer]) -> dict[str, _TeacherRows]:
+        """One observer per watched tensor, for every layer watching it."""
+        by: dict[str, list[_Layer]] = {}
+        for layer in layers:
+            by.setdefault(cls.tensor(layer), []).append(layer)
+        return {name: cls(group) for name, group in by.items()}
+
+
+class _StudentRows(_TeacherRows):
+    """Observer of a student tensor: every layer of the wave reading it accumulates."""
+
+    def update(self, batch: np.ndarray) -> None:
+        for layer in self.layers:
+            layer.accumulate(batch)
+
+    @staticmethod
+    def tensor(layer: _Layer) -> str:
+        """The layer's input in the student."""
+        return layer.node.inputs[0].name
+
+
+def _upto(model: Model, wave: Sequence[_Layer]) -> Model:
+    """A copy of `model` computing only the wave's inputs (its outputs: those tensors), so a
+    wave runs the part of the graph before it, not the whole model."""
+    probe = model.copy()
+    tensors = probe.graph.tensors()
+    inputs = {t.name for t in probe.graph.inputs}
+    names = list(dict.fromkeys(layer.node.inputs[0].name for layer in wave))
+    computed = [tensors[n] for n in names if n not in inputs]
+    if computed:
+        probe.graph.outputs = computed
+        dead_code(probe.graph)
+    return probe
 
 
 def _waves(model: Model, layers: list[_Layer]) -> list[list[_Layer]]:
@@ -485,27 +604,17 @@ def _waves(model: Model, layers: list[_Layer]) -> list[list[_Layer]]:
     return waves
 
 
-def _prefixed(teacher: Model, student: Model) -> onnx.GraphProto:
-    """The teacher's graph with every name but its inputs prefixed by `TEACHER_PREFIX`.
+def _check_inputs(teacher: Model, student: Model) -> None:
+    """The teacher must read only inputs the student has (both run on the same feeds).
 
     Raises:
         PassError: the teacher reads an input the student does not have.
     """
-    graph = teacher.to_onnx().graph
-    missing = {i.name for i in graph.input} - {t.name for t in student.graph.inputs}
+    missing = ({t.name for t in teacher.graph.inputs}
+               - {t.name for t in student.graph.inputs})
     if missing:
         raise PassError(f"the teacher reads inputs {sorted(missing)} the model does not have; "
                         "reconstruct compares two models with the same inputs")
-    return onnx.compose.add_prefix_graph(graph, TEACHER_PREFIX, rename_inputs=False)
-
-
-def _paired(student: Model, teacher: onnx.GraphProto) -> Model:
-    """One model computing the student and the prefixed teacher from the same inputs."""
-    proto = student.to_onnx()
-    proto.graph.node.extend(teacher.node)
-    proto.graph.initializer.extend(teacher.initializer)
-    proto.graph.sparse_initializer.extend(teacher.sparse_initializer)
-    return Model.from_onnx(proto)
 
 
 __all__ = ["Reconstruct"]
