@@ -72,7 +72,7 @@ def _seed() -> None:
 
 
 def fit(module: nn.Module, n: int, batch: Callable[[np.ndarray], tuple], loss: Callable,
-        steps: int, lr: float = 3e-3) -> float:
+        steps: int, lr: float = 3e-3, batch_size: int = 32) -> float:
     """Adam over random minibatches of indices into a training set of `n`; last loss."""
     rng = np.random.default_rng(SEED)
     opt = torch.optim.Adam(module.parameters(), lr=lr)
@@ -80,7 +80,7 @@ def fit(module: nn.Module, n: int, batch: Callable[[np.ndarray], tuple], loss: C
     module.train()
     value = float("nan")
     for _ in range(steps):
-        x, y = batch(rng.integers(0, n, 32))
+        x, y = batch(rng.integers(0, n, batch_size))
         out = loss(module(x), y)
         opt.zero_grad()
         out.backward()
@@ -256,8 +256,8 @@ def build_yolo() -> Built:
         def forward(self, xb):
             return self.m.raw(xb)
 
-    fit(Raw(), len(x), lambda i: (torch.from_numpy(x[i]), torch.from_numpy(i)), loss, 300,
-        lr=4e-3)
+    fit(Raw(), len(x), lambda i: (torch.from_numpy(x[i]), torch.from_numpy(i)), loss, 150,
+        lr=5e-3, batch_size=16)
     module.eval()
     ev, ev_boxes, ev_classes = zoo_data.rectangles(N_EVAL, SEED + 1)
     f1 = box_f1(list(zip(ev_boxes, ev_classes, strict=True)), decode_yolo(_run(module, ev)))
