@@ -5,7 +5,7 @@ Every model of ``tests/zoo_real.py``'s `ZOO_MODELS` is built here from the archi
 short training run (tens of seconds each on one core) so activations are those of a trained
 network, then ``torch.onnx.export(dynamo=False)`` at the model's opset (11-17 across the
 zoo), ``onnx.checker.check_model(full_check=True)``, and onnxruntime against torch on the
-evaluation inputs within 1e-4. Per model the files written to ``tests/models/zoo/`` are:
+evaluation inputs (rtol = atol = 1e-4). Per model, files written to ``tests/models/zoo/``:
 
 * ``<name>.onnx``: the model;
 * ``<name>.npz``: 64 calibration inputs keyed by input name, axis 0 = samples;
@@ -72,7 +72,7 @@ def _seed() -> None:
 
 
 def fit(module: nn.Module, n: int, batch: Callable[[np.ndarray], tuple], loss: Callable,
-        steps: int, lr: float = 3e-3) -> float:
+        steps: int, lr: float = 3e-3, batch_size: int = 32) -> float:
     """Adam over random minibatches of indices into a training set of `n`; last loss."""
     rng = np.random.default_rng(SEED)
     opt = torch.optim.Adam(module.parameters(), lr=lr)
@@ -80,7 +80,7 @@ def fit(module: nn.Module, n: int, batch: Callable[[np.ndarray], tuple], loss: C
     module.train()
     value = float("nan")
     for _ in range(steps):
-        x, y = batch(rng.integers(0, n, 32))
+        x, y = batch(rng.integers(0, n, batch_size))
         out = loss(module(x), y)
         opt.zero_grad()
         out.backward()
@@ -99,25 +99,19 @@ def _run(module: nn.Module, x: np.ndarray, batch: int = 32) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------
 # Builders
-def _ctc_loss(log_softmax: bool):
-    def loss(out, targets):
-        lp = (out if log_softmax else F.log_softmax(out, -1)).transpose(0, 1)
-        labels, lengths = targets
-        t = torch.full((lp.shape[1],), lp.shape[0], dtype=torch.long)
-        return F.ctc_loss(lp, labels, t, lengths, zero_infinity=True)
+def _frame_loss(log_softmax: bool):
+    """Cross-entropy against the frame alignment (converges far faster than CTC loss)."""
+    def loss(out, frames):
+        lp = out if log_softmax else F.log_softmax(out, -1)
+        return F.nll_loss(lp.reshape(-1, lp.shape[-1]), frames.reshape(-1))
     return loss
 
 
 def _ocr(module: nn.Module, log_softmax: bool, steps: int, opset: int, output: str) -> Built:
-    x, labels = zoo_data.text_lines(2048, SEED)
-
-    def batch(idx):
-        seqs = [labels[i] for i in idx]
-        flat = torch.tensor([c + 1 for s in seqs for c in s], dtype=torch.long)
-        return torch.from_numpy(x[idx]), (flat, torch.tensor([len(s) for s in seqs]))
-
-    fit(module, len(x), batch, _ctc_loss(log_softmax), steps)
-    ev, ev_labels = zoo_data.text_lines(N_EVAL, SEED + 1)
+    x, _, frames = zoo_data.text_lines(2048, SEED)
+    fit(module, len(x), lambda i: (torch.from_numpy(x[i]), torch.from_numpy(frames[i])),
+        _frame_loss(log_softmax), steps)
+    ev, ev_labels, _ = zoo_data.text_lines(N_EVAL, SEED + 1)
     pred = ctc_greedy(_run(module, ev))
     acc = float(np.mean([tuple(p) == tuple(t) for p, t in zip(pred, ev_labels, strict=True)]))
     return Built(module, {"image": x[:N_CALIB]}, {"image": ev}, [output], opset,
@@ -126,12 +120,12 @@ def _ocr(module: nn.Module, log_softmax: bool, steps: int, opset: int, output: s
 
 def build_hybrid() -> Built:
     """Conv stem + transformer text recognizer, opset 16."""
-    return _ocr(zm.ConvTransformerOCR(), False, 500, 16, "logits")
+    return _ocr(zm.ConvTransformerOCR(), False, 200, 16, "logits")
 
 
 def build_crnn() -> Built:
     """CRNN with a bidirectional LSTM, opset 11."""
-    return _ocr(zm.CRNN(), True, 500, 11, "log_probs")
+    return _ocr(zm.CRNN(), True, 200, 11, "log_probs")
 
 
 def build_prequant() -> Built:
@@ -139,7 +133,7 @@ def build_prequant() -> Built:
 
     Folding matters: quantize_dynamic only quantizes an LSTM whose weights are initializers.
     """
-    built = _ocr(zm.CRNN(hidden=32, widths=(16, 24, 32)), True, 400, 12, "log_probs")
+    built = _ocr(zm.CRNN(hidden=32, widths=(16, 24, 32)), True, 200, 12, "log_probs")
     built.fold = True
     return built
 
@@ -256,8 +250,8 @@ def build_yolo() -> Built:
         def forward(self, xb):
             return self.m.raw(xb)
 
-    fit(Raw(), len(x), lambda i: (torch.from_numpy(x[i]), torch.from_numpy(i)), loss, 300,
-        lr=4e-3)
+    fit(Raw(), len(x), lambda i: (torch.from_numpy(x[i]), torch.from_numpy(i)), loss, 150,
+        lr=5e-3, batch_size=16)
     module.eval()
     ev, ev_boxes, ev_classes = zoo_data.rectangles(N_EVAL, SEED + 1)
     f1 = box_f1(list(zip(ev_boxes, ev_classes, strict=True)), decode_yolo(_run(module, ev)))
@@ -346,7 +340,8 @@ def build(name: str) -> dict:
     want = _run(built.module, x, batch=1 if not built.dynamic_batch else 32)
     got = _eval_outputs(model, built.evals, not built.dynamic_batch)
     err = float(np.abs(got - want).max())
-    if err > TOLERANCE:
+    # Relative as well: the detector's boxes are pixels (up to 128), float32 rounding 1e-5.
+    if not np.allclose(got, want, rtol=TOLERANCE, atol=TOLERANCE):
         raise AssertionError(f"{name}: onnxruntime differs from torch by {err}")
     if name == "paddle12":
         initializers_to_constants(model)

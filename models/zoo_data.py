@@ -35,10 +35,10 @@ def _glyphs() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _draw_string(canvas: np.ndarray, rng: np.random.Generator, length: int, x: int, y: int
-                 ) -> tuple[list[int], int]:
-    """Draw `length` random digits at (x, y) on a 2-D canvas; return labels and end x."""
+                 ) -> tuple[list[int], int, list[int]]:
+    """Draw `length` random digits at (x, y) on a 2-D canvas; labels, end x, glyph centres."""
     images, labels = _glyphs()
-    out = []
+    out, centres = [], []
     for _ in range(length):
         i = rng.integers(len(images))
         h, w = canvas.shape
@@ -46,23 +46,33 @@ def _draw_string(canvas: np.ndarray, rng: np.random.Generator, length: int, x: i
             break
         canvas[y:y + GLYPH, x:x + GLYPH] = np.maximum(canvas[y:y + GLYPH, x:x + GLYPH], images[i])
         out.append(int(labels[i]))
+        centres.append(x + GLYPH // 2)
         x += GLYPH - 2 + int(rng.integers(0, 4))
-    return out, x
+    return out, x, centres
 
 
 def text_lines(n: int, seed: int, min_len: int = 3, max_len: int = 6
-               ) -> tuple[np.ndarray, list[list[int]]]:
-    """`n` images float32 [n, 1, 32, 128] in [0, 1] and their digit strings."""
+               ) -> tuple[np.ndarray, list[list[int]], np.ndarray]:
+    """`n` images float32 [n, 1, 32, 128] in [0, 1], their digit strings, frame labels.
+
+    The frame labels [n, 32] (one per 4 columns, the recognizers' time step) are the CTC
+    alignment: digit + 1 on the frames within 3 px of a glyph's centre, blank (0) elsewhere,
+    so repeated digits stay separated by blanks and greedy decoding reads the string.
+    """
     rng = np.random.default_rng(seed)
     x = np.zeros((n, 1, LINE_H, LINE_W), np.float32)
+    frames = np.zeros((n, LINE_W // 4), np.int64)
+    centre_of_frame = np.arange(LINE_W // 4) * 4 + 2
     labels = []
     for k in range(n):
         length = int(rng.integers(min_len, max_len + 1))
         y0 = int(rng.integers(2, LINE_H - GLYPH - 2))
-        s, _ = _draw_string(x[k, 0], rng, length, int(rng.integers(0, 12)), y0)
+        s, _, centres = _draw_string(x[k, 0], rng, length, int(rng.integers(0, 12)), y0)
+        for digit, c in zip(s, centres, strict=True):
+            frames[k, np.abs(centre_of_frame - c) <= 3] = digit + 1
         labels.append(s)
     x += rng.normal(0, 0.05, x.shape).astype(np.float32)
-    return np.clip(x, 0, 1), labels
+    return np.clip(x, 0, 1), labels, frames
 
 
 def rectangles(n: int, seed: int, size: int = 128
@@ -100,7 +110,7 @@ def text_pages(n: int, seed: int, size: int = 96) -> tuple[np.ndarray, np.ndarra
             y0 = int(rng.integers(0, size - GLYPH))
             if masks[k, 0, y0:y0 + GLYPH, x0:x0 + 3 * GLYPH].any():
                 continue
-            s, x1 = _draw_string(ink, rng, int(rng.integers(2, 6)), x0, y0)
+            s, x1, _ = _draw_string(ink, rng, int(rng.integers(2, 6)), x0, y0)
             masks[k, 0, y0 + 3:y0 + GLYPH - 3, x0 + 2:x1 - 2] = 1.0
         background = rng.uniform(0.5, 0.9, 3).astype(np.float32)
         x[k] = background[:, None, None] * (1 - ink)
