@@ -142,6 +142,9 @@ class MixedPrecision(Pass):
             return _Trial(trial, reference.measure(trial), record.stats)
 
         chosen, kept_float = attempt(self.quantize), []
+        if "skipped" in chosen.stats:  # e.g. shipped already quantized: say so, do not succeed
+            raise GuardError(f"nothing to quantize: {chosen.stats['skipped']} (it is left as "
+                             "it is; an unchanged model is not an int8 result)")
         if not chosen.measured.meets(budget):
             units = self.quantize.plan(model, ctx.target)
             order = self._ranked(model, ctx, units, feeds)
