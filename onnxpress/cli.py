@@ -59,7 +59,7 @@ from onnxpress.targets import TARGETS
 #: Exit status of every error the user can cause (argparse uses 2 for usage errors too).
 EXIT_ERROR = 2
 #: Stats too long for a table cell, printed on their own lines below the report.
-LONG_STATS = frozenset({"onnxruntime", "float_units", "measured"})
+LONG_STATS = frozenset({"onnxruntime", "float_units", "measured", "kept_float"})
 #: Random samples `compare` uses when no --data is given.
 RANDOM_SAMPLES = 16
 

@@ -67,6 +67,7 @@ from onnxpress.ir.edit import (
     replace_uses,
 )
 from onnxpress.ir.model import Model
+from onnxpress.ir.ops import constant_value, rank
 
 COMMUTATIVE = frozenset({"Add", "Mul", "Max", "Min", "And", "Or", "Xor", "Equal", "Sum", "Mean"})
 
@@ -142,34 +143,6 @@ class _OpBuilder:
             return OpPattern(op, tuple(inputs), tuple((attrs or {}).items()), label,
                              more_inputs, domain)
         return build
-
-
-_SCALAR_ATTRS = {
-    "value_float": np.float32, "value_floats": np.float32, "value_int": np.int64,
-    "value_ints": np.int64,
-}
-
-
-def constant_node_value(node: gs.Node) -> np.ndarray | None:
-    """The numeric value of a Constant node; None for other nodes and for the forms onnxpress
-    leaves alone (strings, sparse tensors)."""
-    if node.op != "Constant" or node.domain not in (None, "", "ai.onnx"):
-        return None
-    for key, value in node.attrs.items():
-        if key == "value" and isinstance(value, gs.Constant):
-            array = np.asarray(value.values)
-            return array if array.dtype.kind in "biuf" else None
-        if key in _SCALAR_ATTRS:
-            return np.asarray(value, dtype=_SCALAR_ATTRS[key])
-    return None
-
-
-def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
-    """The value of an initializer or of a Constant node's output; None otherwise."""
-    if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
-    node = producer(tensor)
-    return constant_node_value(node) if node is not None else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -501,6 +474,11 @@ def apply_rules(model: Model, rules: Sequence[Rule], *, max_sweeps: int = 16) ->
 
     Returns:
         How many times each rule fired, by rule name, in `rules` order (zeros included).
+
+    Raises:
+        RuleError: Rules still fired in sweep `max_sweeps`: a rewrite that produces what
+            its own (or another rule's) pattern matches again would loop forever, and
+            stopping silently would leave the graph half rewritten.
     """
     graph = model.graph
     by_op: dict[str, list[Rule]] = {}
@@ -512,7 +490,7 @@ def apply_rules(model: Model, rules: Sequence[Rule], *, max_sweeps: int = 16) ->
         raise ValueError("apply_rules: two rules share a name, so their counts would merge; "
                          "override Rule.name")
     for _ in range(max_sweeps):
-        fired = False
+        fired: list[str] = []
         removed: set[int] = set()
         for node in list(graph.nodes):
             if id(node) in removed:
@@ -523,11 +501,13 @@ def apply_rules(model: Model, rules: Sequence[Rule], *, max_sweeps: int = 16) ->
                     continue
                 removed.update(id(n) for n in m.nodes)
                 counts[rule.name] += 1
-                fired = True
+                fired.append(rule.name)
                 break
         if not fired:
-            break
-    return counts
+            return counts
+    raise RuleError(f"rules did not settle in {max_sweeps} sweeps: "
+                    f"{', '.join(dict.fromkeys(fired))} still fired in the last one; does a "
+                    "rewrite produce what a pattern matches again?")
 
 
 def _replace(model: Model, m: Match, rule: Rule) -> bool:
@@ -600,18 +580,21 @@ def _explain_one(model: Model, rule: Rule) -> str:
 
 # --------------------------------------------------------------------------------------------
 # Helpers the decomposed-op fusions share
-def single_values(m: Match, x: gs.Tensor) -> Reject | None:
+def single_values(m: Match, x: gs.Tensor, skip: Sequence[gs.Tensor] = ()) -> Reject | None:
     """Why some constant operand of the matched nodes is not a lone value broadcast over `x`.
 
     Rules compare constants by value with broadcasting, so ``[0.5, 0.5]`` or a ``[1, 1, 1]``
     shaped 0.5 would match too; but a fused elementwise op maps `x` to a tensor of `x`'s
     shape, which is only what the decomposed graph computed when every constant is a single
     value of rank at most `x`'s (a higher rank would have broadcast the output up). An unknown
-    rank is taken as 1: rank-0 activations do not occur in practice.
+    rank is taken as 1: rank-0 activations do not occur in practice. Tensors in `skip` (a
+    per-channel scale the rule checks itself) are not looked at.
     """
-    limit = len(x.shape) if x.shape is not None else 1
+    limit = rank(x) or 1
     for node in m.nodes:
         for tensor in node.inputs:
+            if any(tensor is t for t in skip):
+                continue
             value = constant_value(tensor)
             if value is None:
                 continue

@@ -6,6 +6,7 @@ from onnxpress.passes.cleanup.constants import FoldConstants
 from onnxpress.passes.cleanup.dead_code import EliminateDeadCode
 from onnxpress.passes.cleanup.identity import EliminateIdentity
 from onnxpress.passes.cleanup.pipeline import Cleanup
+from onnxpress.passes.fusion.activations import FuseActivations
 from onnxpress.passes.fusion.batchnorm import FuseBatchNorm
 from onnxpress.passes.fusion.gelu import FuseGelu
 from onnxpress.passes.fusion.gemm import FuseGemm
@@ -31,8 +32,9 @@ from onnxpress.report import PassRecord, Report
 __all__ = [
     "AbsorbBias", "BiasCorrection", "Calibrate", "Cleanup", "Context", "DumpAfterEach",
     "EliminateDeadCode", "EliminateIdentity", "Equalize", "FoldConstants", "Fuse",
-    "FuseBatchNorm", "FuseGelu", "FuseGemm", "FuseLayerNorm", "FusePad", "FuseTransposes",
-    "LowRank", "MixedPrecision", "Pass", "PassManager", "PassRecord", "PassResult",
-    "PruneChannels", "PruneMagnitude", "QuantizeDynamic", "QuantizeStatic", "Reconstruct",
-    "Report", "Sequence", "SmoothQuant", "Sparsify2to4", "get", "registered", "resolve",
+    "FuseActivations", "FuseBatchNorm", "FuseGelu", "FuseGemm", "FuseLayerNorm", "FusePad",
+    "FuseTransposes", "LowRank", "MixedPrecision", "Pass", "PassManager", "PassRecord",
+    "PassResult", "PruneChannels", "PruneMagnitude", "QuantizeDynamic", "QuantizeStatic",
+    "Reconstruct", "Report", "Sequence", "SmoothQuant", "Sparsify2to4", "get", "registered",
+    "resolve",
 ]

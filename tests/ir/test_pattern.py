@@ -394,3 +394,27 @@ def test_explain_names_the_failing_condition():
     assert "is Relu, pattern wants Neg" in explain(model, DoubleNeg())
     assert "no Mul node" in explain(model, Square())
     assert "matches" in explain(_model("y = Mul (x, x)"), Square())
+
+
+def test_the_rule_api_is_exported_from_the_ir_without_an_import_cycle():
+    # ir.pattern once imported passes.base, and re-exporting Rule from onnxpress.ir then broke
+    # `import onnxpress` with a circular import; the IR now imports nothing above it.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import onnxpress
+
+    code = "from onnxpress.ir import Or, Reject, Rule, apply_rules; import onnxpress; print('ok')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=Path(onnxpress.__file__).parents[1])
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_a_rule_that_matches_its_own_rewrite_is_an_error_not_a_silent_stop():
+    class Grows(Square):
+        def rewrite(self, m, b):  # x * x again: it would fire forever
+            return b.op("Mul", m.x, m.x)
+
+    with pytest.raises(RuleError, match="did not settle in 4 sweeps: Grows still fired"):
+        apply_rules(_model("y = Mul (x, x)"), [Grows()], max_sweeps=4)

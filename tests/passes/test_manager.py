@@ -357,6 +357,8 @@ def test_numeric_verification_runs_on_the_cpu_for_any_target():
     # Compiling for tensorrt on a machine without TensorRT must still verify exact passes.
     model = ox.optimize(ZOO["conv_bn_relu"](), ["fuse"], target="tensorrt", verify="numeric")
     assert model.report["fuse"].changed
+    changed = [r for _, r in model.report.walk() if r.changed and not r.children]
+    assert changed and all(r.verified == "numeric" for r in changed)
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import onnxpress as ox
 from onnxpress.errors import DataError, ModelLoadError
 from onnxpress.ir.model import PIPELINE_KEY
 from onnxpress.passes.base import registered
-from onnxpress.runtime.data import as_data_source
+from onnxpress.runtime.data import DataSource, as_data_source
 from onnxpress.testing import assert_same_outputs, make_model, run
 
 H = '<ir_version: 8, opset_import: ["": 17]>'
@@ -220,7 +220,7 @@ def test_string_and_int4_initializers_survive_every_exact_pass(tmp_path, name):
     proto = _typed_initializers()
     feeds = {"x": np.arange(4, dtype=np.float32)}
     expected = run(proto.SerializeToString(), feeds)
-    model = ox.optimize(proto, [name])
+    model = ox.optimize(proto, [name], data=DataSource.from_feeds([feeds]))  # for data-driven ones
     assert model.nbytes > 0
     path = model.save(tmp_path / "out.onnx")
     got = run(path, feeds)

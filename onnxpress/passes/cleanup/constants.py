@@ -40,7 +40,7 @@ import onnx_graphsurgeon as gs
 from onnxpress.ir import analyses, fidelity
 from onnxpress.ir.edit import consumers, dead_code, is_graph_output, producer, remove, replace_uses
 from onnxpress.ir.model import Model
-from onnxpress.ir.pattern import constant_node_value
+from onnxpress.ir.ops import constant_node_value
 from onnxpress.ir.scopes import iter_graphs, subgraphs
 from onnxpress.passes.base import Context, Pass, PassResult
 

@@ -12,9 +12,10 @@ the last axis of its output, so BN must be over a 2-D ``[N, C]`` tensor), the la
 MatMul ``[K, N]`` weight when the BN channel axis is the last one, i.e. for 2-D MatMul
 outputs. A BatchNormalization with no such producer becomes ``Mul`` + ``Add`` on constants.
 
-Folding is done in float64 then cast back, and is skipped when the weight is shared with
-another node (scaling it would change that node too), when BN is in training mode, or when
-the types are not float32/float64.
+Folding is done in float64 then cast back to the weight's type, and is skipped when the
+weight is shared with another node (scaling it would change that node too), when BN is in
+training mode, or when the types are not floating point (`onnxpress.ir.ops.FLOAT_DTYPES`:
+fp16 and bf16 fold too, as fp16 MatMul + Add already fused into Gemm).
 """
 
 from __future__ import annotations
@@ -25,11 +26,10 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxpress.ir import analyses, ops
 from onnxpress.ir.model import Model
 from onnxpress.ir.pattern import Builder, Const, Match, Reject, Rule, apply_rules
 from onnxpress.passes.base import Context, Pass, PassResult
-
-FLOATS = (np.float32, np.float64)
 
 
 def _scale_shift(m: Match) -> tuple[np.ndarray, np.ndarray]:
@@ -44,7 +44,7 @@ def _bn_check(m: Match) -> Reject | None:
         return Reject("BatchNormalization is in training mode", m.bn)
     if len(m.bn.outputs) > 1 and any(not t.is_empty() for t in m.bn.outputs[1:]):
         return Reject("BatchNormalization exposes its running statistics", m.bn)
-    if m.gamma.dtype not in FLOATS:
+    if not ops.is_float(m.gamma.dtype):
         return Reject(f"BatchNormalization parameters are {m.gamma.dtype}, not float", m.bn)
     return None
 
@@ -52,12 +52,12 @@ def _bn_check(m: Match) -> Reject | None:
 def _weight_check(m: Match, node: gs.Node) -> Reject | None:
     """Why the weight ``m.w`` (a constant, by the pattern) of `node` cannot absorb BN."""
     w = m.tensor("w")
-    if not isinstance(w, gs.Constant) or m.w.dtype not in FLOATS:
+    if not isinstance(w, gs.Constant) or not ops.is_float(m.w.dtype):
         return Reject(f"the weight '{w.name}' is not a float initializer", node)
     if any(c is not node for c in w.outputs):
         return Reject(f"the weight '{w.name}' is shared with another node", node)
-    if len(node.inputs) > 2 and not node.inputs[2].is_empty() and not isinstance(
-            node.inputs[2], gs.Constant):
+    bias = ops.optional_input(node, 2)
+    if bias is not None and not isinstance(bias, gs.Constant):
         return Reject("the bias is not constant", node)
     return _bn_check(m)
 
@@ -65,10 +65,11 @@ def _weight_check(m: Match, node: gs.Node) -> Reject | None:
 def _bias(node: gs.Node, channels: int) -> np.ndarray:
     """The bias in float64, in its own shape when it broadcasts against the channel axis
     (a Gemm's C may be ``[N]``, ``[1, N]``, ``[M, 1]`` or ``[M, N]``; Conv's is ``[C]``)."""
-    if len(node.inputs) > 2 and not node.inputs[2].is_empty():
-        bias = np.asarray(node.inputs[2].values, np.float64)
-        return np.broadcast_to(bias, np.broadcast_shapes(bias.shape, (channels,)))
-    return np.zeros(channels, np.float64)
+    given = ops.optional_input(node, 2)
+    if given is None:
+        return np.zeros(channels, np.float64)
+    bias = np.asarray(given.values, np.float64)
+    return np.broadcast_to(bias, np.broadcast_shapes(bias.shape, (channels,)))
 
 
 def _folded(m: Match, b: Builder, node: gs.Node, axis: int) -> tuple[gs.Constant, gs.Constant]:
@@ -154,8 +155,7 @@ class MatMulBatchNorm(Rule):
                                      Const("var"), label="bn")
 
     def check(self, m):
-        shape = m.x.shape
-        if shape is None or len(shape) != 2 or m.w.ndim != 2:
+        if ops.rank(m.x) != 2 or m.w.ndim != 2:
             return Reject("BatchNormalization's channel is the last axis only for 2-D MatMul",
                           m.matmul)
         return _weight_check(m, m.matmul)
@@ -173,14 +173,14 @@ class LoneBatchNorm(Rule):
                                      Const("var"), label="bn")
 
     def check(self, m):
-        if m.x.shape is None or len(m.x.shape) < 2:
+        if (ops.rank(m.x) or 0) < 2:
             return Reject("the input rank is unknown, so the channel axis cannot be broadcast",
                           m.bn)
         return _bn_check(m)
 
     def rewrite(self, m, b):
         s, t = _scale_shift(m)
-        shape = (-1,) + (1,) * (len(m.x.shape) - 2)
+        shape = (-1,) + (1,) * (ops.rank(m.x) - 2)
         dtype = m.gamma.dtype
         return b.op("Add", b.op("Mul", m.x, b.const(s.reshape(shape).astype(dtype), "scale")),
                     b.const(t.reshape(shape).astype(dtype), "shift"))
@@ -195,8 +195,6 @@ class FuseBatchNorm(Pass):
 
     def run(self, model: Model, ctx: Context) -> PassResult:
         """Fold every foldable BatchNormalization; lone ones last."""
-        from onnxpress.ir import analyses
-
         model.analysis(analyses.shapes)
         counts = apply_rules(model, [ConvBatchNorm(), ConvTransposeBatchNorm(), GemmBatchNorm(),
                                    MatMulBatchNorm(), LoneBatchNorm()])

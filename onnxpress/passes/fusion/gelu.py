@@ -10,8 +10,10 @@ Exporters emit these op by op, in several association orders. Two rules, one per
 an alternation (`Or`) per part, recognise every combination of
 
     erf term    Add(Erf(Div(x, sqrt 2)), 1)  |  Add(Erf(Mul(x, 1/sqrt 2)), 1)
-    tanh term   Add(Tanh(Mul(Add(x, Mul(cube, 0.044715)), sqrt(2/pi))), 1)
-                with cube = Pow(x, 3)  |  Mul(x, Mul(x, x))
+    tanh term   Add(Tanh(Mul(Add(x, cubic), sqrt(2/pi))), 1)
+                with cubic = Mul(cube, 0.044715)  |  Mul(Mul(Mul(x, 0.044715), x), x)
+                (``0.044715 * x * x * x`` read left to right, as jax and hand-written
+                exports have it), cube = Pow(x, 3)  |  Mul(x, Mul(x, x))
     outer       Mul(Mul(x, 0.5), t)  |  Mul(x, Mul(t, 0.5))  |  Mul(Mul(x, t), 0.5)
                 |  Div(Mul(x, t), 2)
 
@@ -90,12 +92,14 @@ class ErfGelu(_Gelu):
 class TanhGelu(_Gelu):
     """0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))) → Gelu(x, approximate="tanh").
 
-    Tags: ``cube``, ``outer``.
+    Tags: ``cubic`` (and ``cube``), ``outer``.
     """
 
     def pattern(self, op, x):
         cube = Or("cube", pow=op.Pow(x, _const(3.0)), mul=op.Mul(x, op.Mul(x, x)))
-        inner = op.Add(x, op.Mul(cube, _const(0.044715)))
+        cubic = Or("cubic", scaled_cube=op.Mul(cube, _const(0.044715)),
+                   left_to_right=op.Mul(op.Mul(op.Mul(x, _const(0.044715)), x), x))
+        inner = op.Add(x, cubic)
         term = op.Add(op.Tanh(op.Mul(inner, _const(SQRT_2_OVER_PI))), _const(1.0))
         return _outer(op, x, term)
 

@@ -27,13 +27,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from onnxpress.ir import analyses
+from onnxpress.ir import analyses, ops
 from onnxpress.ir.model import Model
 from onnxpress.ir.pattern import Const, Match, Reject, Rule, apply_rules, find
 from onnxpress.passes.base import Context, Pass, PassResult
-
-#: Element types of Gemm since opset 7 that onnxruntime's CPU kernel runs.
-FLOATS = (np.float16, np.float32, np.float64)
 
 
 class MatMulAddToGemm(Rule):
@@ -45,7 +42,7 @@ class MatMulAddToGemm(Rule):
 
     def check(self, m: Match) -> Reject | None:
         """Accept constant float operands of Gemm's shapes and a 2-D ``x``."""
-        rank = _rank(m)
+        rank = ops.rank(m.x)
         if rank != 2:
             return Reject(f"x '{m.x.name}' has rank {rank or 'unknown'}, Gemm needs 2")
         return _operands_problem(m)
@@ -61,20 +58,16 @@ class _KeptND(MatMulAddToGemm):
     """
 
     def check(self, m: Match) -> Reject | None:
-        if _rank(m) == 2:
+        if ops.rank(m.x) == 2:
             return Reject("x is 2-D")
         return _operands_problem(m)
-
-
-def _rank(m: Match) -> int | None:
-    return len(m.x.shape) if m.x.shape is not None else None
 
 
 def _operands_problem(m: Match) -> Reject | None:
     """Why ``W`` and ``bias`` cannot be Gemm's ``B`` and ``C``, or None."""
     if m.w.ndim != 2:
         return Reject(f"the weight has shape {m.w.shape}, Gemm needs [K, N]")
-    if m.w.dtype not in FLOATS or m.bias.dtype != m.w.dtype:
+    if not ops.is_float(m.w.dtype) or m.bias.dtype != m.w.dtype:
         return Reject(f"types {m.w.dtype} and {m.bias.dtype}: Gemm needs one float type")
     row = (1, m.w.shape[1])
     try:

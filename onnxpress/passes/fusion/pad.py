@@ -14,10 +14,11 @@ sums must stay below it. MaxPool pads with -inf, not zero, so a zero Pad never f
 The reader's ``auto_pad`` must be NOTSET: SAME_UPPER / SAME_LOWER derive pads from the input
 size, which removing the Pad changes, and VALID ignores ``pads``.
 
-Pad is read in every opset form: the ``pads`` / ``value`` attributes before opset 11, the
-``pads`` and optional ``constant_value`` inputs from opset 11 (initializers or Constant nodes),
-and the optional ``axes`` input from opset 18, which lists the axes ``pads`` covers (negative
-axes count from the end, so the rank comes from shape inference). Only mode "constant" folds.
+Pad is read in every opset form by `onnxpress.ir.ops.pad_operands`: the ``pads`` / ``value``
+attributes before opset 11, the ``pads`` and optional ``constant_value`` inputs from opset 11
+(initializers or Constant nodes), and the optional ``axes`` input from opset 18, which lists
+the axes ``pads`` covers (negative axes count from the end, so the rank comes from shape
+inference). Only mode "constant" folds.
 
 Exact: the reader sees the same zero-padded tensor.
 """
@@ -28,11 +29,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-import onnx_graphsurgeon as gs
 
-from onnxpress.ir import analyses
+from onnxpress.ir import analyses, ops
 from onnxpress.ir.model import Model
-from onnxpress.ir.pattern import Match, Reject, Rule, apply_rules, constant_value
+from onnxpress.ir.pattern import Match, Reject, Rule, apply_rules
 from onnxpress.passes.base import Context, Pass, PassResult
 
 
@@ -94,16 +94,16 @@ def _spatial_pads(m: Match) -> np.ndarray | Reject:
     mode = m.pad.attrs.get("mode", "constant")
     if mode != "constant":
         return Reject(f"mode is {mode}, only constant padding folds", m.pad)
-    operands = _pad_operands(m.pad)
-    if isinstance(operands, Reject):
-        return operands
-    pads, value, axes = operands
+    try:
+        pads, value, axes = ops.pad_operands(m.pad)
+    except ops.DynamicOperand as e:
+        return Reject(str(e), m.pad)
     if np.any(value != 0):
         return Reject(f"the value is {value}, not zero", m.pad)
     if axes is None:
         rank, axes = len(pads) // 2, np.arange(len(pads) // 2)
-    elif m.x.shape is not None:
-        rank = len(m.x.shape)
+    elif ops.rank(m.x) is not None:
+        rank = ops.rank(m.x)
     else:
         return Reject("axes given but the rank of its input is unknown", m.pad)
     begins, ends = np.zeros(rank, np.int64), np.zeros(rank, np.int64)
@@ -113,27 +113,6 @@ def _spatial_pads(m: Match) -> np.ndarray | Reject:
     if (begins < 0).any() or (ends < 0).any():
         return Reject("it crops (negative pads)", m.pad)
     return np.concatenate([begins[2:], ends[2:]])
-
-
-def _pad_operands(pad: gs.Node) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | Reject:
-    """``(pads, value, axes)`` of a Pad in attribute or input form, or why they are unknown.
-
-    ``axes`` is None when the pads cover every axis; the reason names the operand that is
-    not constant.
-    """
-    if len(pad.inputs) == 1:  # before opset 11
-        return (np.asarray(pad.attrs.get("pads", ()), np.int64),
-                np.asarray(pad.attrs.get("value", 0.0)), None)
-    found = []
-    for index, what in ((1, "pads"), (2, "constant_value"), (3, "axes")):
-        given = index < len(pad.inputs) and not pad.inputs[index].is_empty()
-        value = constant_value(pad.inputs[index]) if given else None
-        if given and value is None:
-            return Reject(f"the {what} input is not constant", pad)
-        found.append(value)
-    pads, value, axes = found
-    return (pads.astype(np.int64).reshape(-1), np.zeros(()) if value is None else value,
-            None if axes is None else axes.astype(np.int64).reshape(-1))
 
 
 @dataclass(frozen=True)

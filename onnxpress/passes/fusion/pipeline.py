@@ -10,7 +10,7 @@ Each round runs `cleanup` first, then the fusions in `FUSIONS` order:
   becomes a Gemm that BN folds into. fuse-batchnorm turns a BN with no such producer into
   Mul + Add at once, and nothing folds that pair back into a weight;
 - fuse-batchnorm's MatMul case yields MatMul + Add, which fuse-gemm fuses in the next round;
-- the Pad, LayerNorm and GELU fusions neither create nor consume those producers.
+- the Pad, LayerNorm, GELU and activation fusions neither create nor consume those producers.
 
 Rounds repeat until one changes nothing (see `onnxpress.passes.sequence`). Every inner pass
 is exact, so `fuse` is too.
@@ -23,6 +23,7 @@ from typing import ClassVar
 
 from onnxpress.passes.base import Pass
 from onnxpress.passes.cleanup.pipeline import Cleanup
+from onnxpress.passes.fusion.activations import FuseActivations
 from onnxpress.passes.fusion.batchnorm import FuseBatchNorm
 from onnxpress.passes.fusion.gelu import FuseGelu
 from onnxpress.passes.fusion.gemm import FuseGemm
@@ -33,7 +34,7 @@ from onnxpress.passes.sequence import Composite
 
 #: The fusions of one round, in order (after cleanup).
 FUSIONS: tuple[Pass, ...] = (FuseTransposes(), FuseGemm(), FuseBatchNorm(), FusePad(),
-                             FuseLayerNorm(), FuseGelu())
+                             FuseLayerNorm(), FuseGelu(), FuseActivations())
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxpress.ir import analyses
+from onnxpress.ir import analyses, ops
 from onnxpress.ir.edit import is_graph_output
 from onnxpress.ir.model import Model
 from onnxpress.ir.pattern import Builder, Const, Match, Reject, Rule, apply_rules
@@ -71,7 +71,7 @@ def _rank(m: Match) -> int | None:
     for node in (m.inner, m.outer):
         if node.attrs.get("perm") is not None:
             return len(node.attrs["perm"])
-    return len(m.x.shape) if m.x.shape is not None else None
+    return ops.rank(m.x)
 
 
 def _renames_interface(graph: gs.Graph, m: Match) -> bool:

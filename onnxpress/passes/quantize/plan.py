@@ -109,6 +109,15 @@ class QuantPlan:
         """Names of the quantized nodes."""
         return [u.node.name for u in self.units]
 
+    def why_float(self) -> str:
+        """``"3 inside an attention / LayerNorm block; 1 excluded"``: the declined table
+        nodes counted by reason, most frequent first (for the report)."""
+        counts: dict[str, int] = {}
+        for reason in self.declined.values():
+            counts[reason] = counts.get(reason, 0) + 1
+        return "; ".join(f"{n} {reason}" for reason, n in
+                         sorted(counts.items(), key=lambda item: -item[1]))
+
 
 def matches(node: gs.Node, patterns: Sequence[str]) -> bool:
     """Whether a node name, op type or glob pattern in `patterns` names `node`."""

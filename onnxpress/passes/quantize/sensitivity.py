@@ -162,7 +162,7 @@ class MixedPrecision(Pass):
         if not chosen.stats.get("nodes"):
             raise GuardError("quantize-static found nothing to quantize in this model for "
                              f"target '{ctx.target.name}'; it stays float")
-        stats = {"quantized": chosen.stats["nodes"], "kept_float": len(kept_float),
+        stats = {"quantized": chosen.stats["nodes"], "fallback": len(kept_float),
                  "measured": chosen.measured.summary(), "samples": chosen.measured.samples}
         if kept_float:
             stats["float_units"] = ", ".join(kept_float)

@@ -194,6 +194,8 @@ class QuantizeStatic(Pass):
                  "weights": weights, "weights_only": sum(u.weights_only for u in chosen.units),
                  "activation_dtype": params.dtype.name, "per_channel": per_channel,
                  "weight_bits": bits, "quantized": chosen.names()}
+        if chosen.declined:
+            stats["kept_float"] = chosen.why_float()
         for unit in chosen.units:
             stats[unit.node.op] = stats.get(unit.node.op, 0) + 1
         return stats

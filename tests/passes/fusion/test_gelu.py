@@ -88,7 +88,8 @@ def test_every_form_fuses_to_onnx_gelu_at_opset_20(variant, commuted):
     reference = model.copy()
     [m] = find(model, rule(*variant))
     part = "argument" if variant[0] == "erf" else "cube"
-    assert m.tags == {part: variant[1], "outer": variant[2]}
+    cubic = {} if variant[0] == "erf" else {"cubic": "scaled_cube"}
+    assert m.tags == {part: variant[1], "outer": variant[2], **cubic}
     result = fuse(model)
     assert result.changed
     assert dict(result.stats) == {"fused": 1, rule(*variant).name: 1}
@@ -109,6 +110,41 @@ def test_every_form_fuses_to_contrib_op_below_opset_20(variant):
     assert ops(model) == {f"com.microsoft.{op}": 1}
     assert model.opsets == {"": 13, "com.microsoft": 1}
     assert_same_outputs(reference, model, feeds())
+
+
+TANH_CONSTANTS_LEFT = """<ir_version: 9, opset_import: ["": 20]>
+g (float[2, 5, 8] x) => (float[2, 5, 8] y{outputs}) {{
+    a = Mul(kappa, x)
+    b = Mul(a, x)
+    c = Mul(b, x)
+    i = Add(x, c)
+    j = Mul(sqrt_2_pi, i)
+    h = Tanh(j)
+    t = Add(one, h)
+    hx = Mul(half, x)
+    y = Mul(hx, t)
+    {extra}
+}}"""
+
+
+def test_tanh_gelu_with_constants_on_the_left_fuses():
+    # 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x * x * x))), read left to right.
+    model = make_model(TANH_CONSTANTS_LEFT.format(outputs="", extra=""), **constants())
+    reference = model.copy()
+    [m] = find(model, TanhGelu())
+    assert m.tags == {"cubic": "left_to_right", "outer": "x_half_t"}
+    assert dict(fuse(model).stats) == {"fused": 1, "TanhGelu": 1}
+    assert ops(model) == {"Gelu": 1}
+    assert_same_outputs(reference, model, feeds(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("tensor", ["a", "b", "j"])
+def test_tanh_gelu_constants_left_with_another_consumer_does_not_fuse(tensor):
+    model = make_model(TANH_CONSTANTS_LEFT.format(outputs=", float z", extra=f"z = Neg({tensor})"),
+                       **constants())
+    before = ops(model)
+    assert not fuse(model).changed
+    assert ops(model) == before
 
 
 def test_rounded_literals_fuse():

@@ -97,7 +97,9 @@ def test_every_form_fuses_with_its_affine(variant, commuted):
     model = make_model(layernorm_text(*variant, commuted=commuted), **constants())
     reference = model.copy()
     [m] = find(model, LayerNorm())
-    assert m.tags == dict(zip(("centre", "square", "normalize"), variant, strict=True))
+    assert m.tags == {**dict(zip(("centre", "square", "normalize"), variant, strict=True)),
+                      "mean_by": "reduce_mean", "variance": "centred",
+                      "variance_by": "reduce_mean"}
     result = fuse(model)
     assert result.changed
     assert dict(result.stats) == {"fused": 1, "LayerNorm": 1, "FoldScale": 1, "FoldBias": 1}
@@ -257,6 +259,115 @@ def test_constant_that_is_not_per_channel_is_not_folded(shape, reason):
                        k=np.arange(np.prod(shape), dtype=np.float32).reshape(shape))
     assert not fuse(model).changed
     assert reason in explain(model, FoldScale())
+
+
+# --------------------------------------------------------------------------------------------
+# jax2tf / flax forms: means as ReduceSum and a scaling, variance as E[x²] - E[x]²
+JAX_FORMS = {
+    # mean = sum(x) / C; var = sum(d * d) / C
+    "sum_div": ("s1 = ReduceSum<keepdims=1>(x, axes)\nmean = Div(s1, count)\nd = Sub(x, mean)\n"
+                "sq = Mul(d, d)\ns2 = ReduceSum<keepdims=1>(sq, axes)\nvar = Div(s2, count)",
+                {"mean_by": "sum_div", "variance": "centred", "variance_by": "sum_div"}),
+    # constants on the left: mean = (1/C) * sum(x); var = (1/C) * sum(x * x) - mean * mean
+    "sum_mul_moments": ("s1 = ReduceSum<keepdims=1>(x, axes)\nmean = Mul(inverse, s1)\n"
+                        "d = Sub(x, mean)\nxx = Mul(x, x)\ns2 = ReduceSum<keepdims=1>(xx, axes)\n"
+                        "ex2 = Mul(inverse, s2)\nmm = Mul(mean, mean)\nvar = Sub(ex2, mm)",
+                        {"mean_by": "sum_mul", "variance": "moments", "variance_by": "sum_mul",
+                         "x_squared": "mul", "mean_squared": "mul"}),
+    # flax: var = max(0, E[x²] - E[x]²), with ReduceMean and Pow
+    "moments_clamped": ("mean = ReduceMean<axes=[-1]>(x)\nd = Sub(x, mean)\n"
+                        "xx = Pow(x, two)\nex2 = ReduceMean<axes=[-1]>(xx)\n"
+                        "mm = Pow(mean, two)\nv0 = Sub(ex2, mm)\nvar = Max(zero, v0)",
+                        {"mean_by": "reduce_mean", "variance": "moments_clamped",
+                         "variance_by": "reduce_mean", "x_squared": "pow",
+                         "mean_squared": "pow"}),
+}
+
+
+def jax_text(form: str, *, outputs: str = "", extra: str = "", count: float = CHANNELS) -> str:
+    body = JAX_FORMS[form][0] + ("\nve = Add(eps, var)\nstd = Sqrt(ve)\ninv = Reciprocal(std)\n"
+                                 "n = Mul(d, inv)\ns = Mul(gamma, n)\ny = Add(beta, s)\n"
+                                 + extra)
+    lines = "\n    ".join(body.splitlines())
+    return ('<ir_version: 8, opset_import: ["": 17]>\n'
+            f"g (float[2, 5, 8] x) => (float[2, 5, 8] y{outputs}) {{\n    {lines}\n}}")
+
+
+def jax_constants(count: float = CHANNELS) -> dict[str, np.ndarray]:
+    return constants(count=np.array(count, np.float32),
+                     inverse=np.array(1.0 / count, np.float32), zero=np.array(0.0, np.float32))
+
+
+@pytest.mark.parametrize("form", list(JAX_FORMS))
+def test_reduce_sum_and_moments_forms_fuse(form):
+    model = make_model(jax_text(form), **jax_constants())
+    reference = model.copy()
+    [m] = find(model, LayerNorm())
+    assert {k: m.tags[k] for k in JAX_FORMS[form][1]} == JAX_FORMS[form][1]
+    result = fuse(model)
+    assert dict(result.stats) == {"fused": 1, "LayerNorm": 1, "FoldScale": 1, "FoldBias": 1}
+    assert ops(model) == {"LayerNormalization": 1}
+    assert_same_outputs(reference, model, feeds(), rtol=1e-4, atol=1e-5)
+
+
+FLAX = """<ir_version: 8, opset_import: ["": 17]>
+g (float[2, 5, 8] x) => (float[2, 5, 8] y{outputs}) {{
+    s1 = ReduceSum<keepdims=1>(x, axes)
+    mean = Div(s1, count)
+    xx = Mul(x, x)
+    s2 = ReduceSum<keepdims=1>(xx, axes)
+    ex2 = Div(s2, count)
+    mm = Mul(mean, mean)
+    v0 = Sub(ex2, mm)
+    var = Max(v0, zero)
+    ve = Add(var, eps)
+    std = Sqrt(ve)
+    inv = Reciprocal(std)
+    k = Mul(inv, gamma)
+    d = Sub(x, mean)
+    n = Mul(d, k)
+    y = Add(n, beta)
+    {extra}
+}}"""
+
+
+def test_flax_layernorm_with_the_scale_inside_fuses():
+    # flax.linen.LayerNorm via jax2tf: mul = rsqrt(var + eps) * scale; y = (x - mean) * mul.
+    model = make_model(FLAX.format(outputs="", extra=""), **jax_constants())
+    reference = model.copy()
+    [m] = find(model, LayerNorm())
+    assert m.tags["normalize"] == "scaled" and m.tags["variance"] == "moments_clamped"
+    result = fuse(model)
+    assert dict(result.stats) == {"fused": 1, "LayerNorm": 1, "FoldBias": 1}
+    (ln,) = model.graph.nodes
+    np.testing.assert_allclose(ln.inputs[1].values, constants()["gamma"])
+    assert_same_outputs(reference, model, feeds(), rtol=1e-4, atol=1e-5)
+
+
+def test_flax_layernorm_whose_scaled_inverse_is_read_elsewhere_does_not_fuse():
+    model = make_model(FLAX.format(outputs=", float z", extra="z = Neg(k)"), **jax_constants())
+    assert not fuse(model).changed
+    assert "also read by" in explain(model, LayerNorm())
+
+
+@pytest.mark.parametrize("form", ["sum_div", "sum_mul_moments"])
+def test_sum_scaled_by_another_count_does_not_fuse(form):
+    # Dividing a sum over 8 values by 7 is not a mean.
+    model = make_model(jax_text(form), **jax_constants(count=7.0))
+    assert not fuse(model).changed
+    assert "scaled by 0.142857, not 1/8: not a mean" in explain(model, LayerNorm())
+
+
+@pytest.mark.parametrize("tensor", ["ex2", "mm", "s1"])
+def test_moments_intermediate_with_another_consumer_does_not_fuse(tensor):
+    form = "sum_mul_moments" if tensor != "mm" else "moments_clamped"
+    model = make_model(jax_text(form, outputs=", float z", extra=f"z = Neg({tensor})"),
+                       **jax_constants())
+    before = ops(model)
+    result = fuse(model)
+    assert not result.changed and result.stats == {"fused": 0}
+    assert ops(model) == before
+    assert "also read by" in explain(model, LayerNorm())
 
 
 # --------------------------------------------------------------------------------------------
