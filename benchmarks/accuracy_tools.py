@@ -82,6 +82,7 @@ def minilm(quick: bool) -> str:
         if smooth and smooth.auto_alpha:
             where += f"; α chosen {stats['alphas']}, {stats['kept_unsmoothed']} kept"
         rows.append([label, f"{cos.mean():.5f}", f"{cos.min():.5f}", where])
+        print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
         sessions[label] = sess
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

@@ -20,10 +20,10 @@ Where it runs, and why before ``quantize-static``: after quantization the bias i
 initializer at scale ``s_x·s_w`` and the float weight is gone, so correcting it there means
 decoding both from the Q/DQ graph and re-rounding the bias. Before quantization the float bias
 is an ordinary initializer and ``Q(W)`` is computed with exactly the parameters the quantizer
-will use — `weight_qparams` per output channel (per tensor below opset 13 or with
-``per_channel=False``) at ``ctx.target.weight_bits`` — and quantize-static then rounds the
-corrected bias once, as any other. ``E[x]`` comes from a `PerChannel` observer on each layer's
-input over ``ctx.data``. Pipeline:
+will use — `weight_qparams` per output channel (quantize-static raises older models to
+opset 13 for that; per tensor with ``per_channel=False``) at ``ctx.target.weight_bits`` — and
+quantize-static then rounds the corrected bias once, as any other. ``E[x]`` comes from a
+`PerChannel` observer on each layer's input over ``ctx.data``. Pipeline:
 ``["fuse", "bias-correction", Calibrate(...), "quantize-static"]``; keep ``per_channel`` the
 same in both passes. Lossy in float (it changes the float model's outputs by ``−ΔW E[x]``);
 what it buys shows only after quantization.
@@ -132,10 +132,10 @@ class BiasCorrection(Pass):
         # Channels on axis 1 for Conv ([N, C, …]) and 2-D Gemm inputs, the last for MatMul.
         axes = {n.inputs[0].name: -1 if n.op == "MatMul" else 1 for n, _ in layers}
         means = channel_statistics(model, ctx, axes, batch_size=self.batch_size)
-        per_channel = self.per_channel and model.opset >= 13
         for node, (holder, index) in layers:
             weight = np.asarray(node.inputs[1].values)
-            axis = rules[node.op].axis(node) if per_channel else None
+            # Per channel whatever the opset: quantize-static raises older models to 13.
+            axis = rules[node.op].axis(node) if self.per_channel else None
             rounded = fake_quantize(weight, weight_qparams(weight, axis,
                                                            bits=ctx.target.weight_bits))
             delta = rounded.astype(np.float64) - weight

@@ -4,6 +4,7 @@ blocks it, and better per-tensor int8 on the digits CNN."""
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,3 +151,25 @@ def test_absorb_bias_leaves_padded_second_layers_alone():
     result = ox.optimize(_conv_relu_conv(), ["absorb-bias"],
                          data=DataSource.random(_conv_relu_conv(), n=4))
     assert not result.report["absorb-bias"].changed
+
+
+ZOO_MOBILENET = Path(__file__).resolve().parents[2] / "models" / "zoo" / "mobilenet.onnx"
+
+
+@pytest.mark.skipif(not ZOO_MOBILENET.exists(), reason="tests/models/zoo/mobilenet.onnx absent")
+def test_zoo_mobilenet_per_tensor_int8_improves_and_hardswish_blocks():
+    """The zoo's MobileNetV3-style CNN (HardSwish, SE blocks, depthwise convs). Measured:
+    logit SNR 30.7 dB plain, 32.6 equalized (per-tensor weights); 10 pairs, 10 blocked."""
+    folder = ZOO_MOBILENET.parent
+    data = DataSource.from_arrays(dict(np.load(folder / "mobilenet.npz")))
+    held_out = dict(np.load(folder / "mobilenet_eval.npz"))
+    snr = {}
+    for tools in ((), ("equalize",)):
+        model = ox.optimize(ZOO_MOBILENET, ["fuse", *tools, Calibrate(method="percentile"),
+                                            "quantize-static:per_channel=False"], data=data)
+        snr[tools] = compare(ZOO_MOBILENET, model, held_out)[0].snr_db
+        if tools:
+            stats = model.report["equalize"].stats
+            assert stats["pairs"] >= 8 and stats["depthwise"] >= 1
+            assert stats["blocked"].get("HardSwish is not positively homogeneous", 0) >= 1
+    assert snr[("equalize",)] > snr[()] + 1.0, snr
