@@ -1,13 +1,15 @@
 """What onnx-graphsurgeon loses between a ModelProto and a gs.Graph, kept and restored.
 
 gs's importer and exporter are faithful for nodes, tensors and attributes, but drop or distort
-three things a user's model may rely on:
+four things a user's model may rely on:
 
 - node ``doc_string`` and ``metadata_props`` (gs nodes have no such fields). They are kept on
   the gs node objects (`NODE_META`) and written back in node order — nodes export in
   ``graph.nodes`` order, so the i-th exported node is the i-th gs node;
 - initializers that are also graph inputs (overridable defaults; required for IR < 4): gs
   drops them from the inputs, so their names are remembered and re-listed on export;
+- 4-bit initializers: once read, gs holds them unpacked and would export one byte per value
+  (`repack_subbyte_constants`);
 - an outer-scope initializer read only inside If / Loop bodies is written into *every* body
   that reads it, duplicating weights on each save; subgraph initializers are hoisted into the
   main graph (one copy), where every body sees them.
@@ -17,10 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from onnxpress.ir.scopes import subgraphs
+from onnxpress.ir.scopes import iter_graphs, subgraphs
 
 #: Attribute of a gs.Node holding ``(doc_string, {key: value})`` from the source model, or
 #: written by onnxpress (e.g. ``onnxpress.rule`` on nodes made by a rewrite rule).
@@ -116,3 +121,23 @@ def _bodies(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
             for body in inner:
                 yield body
                 yield from _bodies(body)
+
+
+#: Element types numpy holds one per byte (ml_dtypes) but ONNX packs two per byte.
+_PACKED_TYPES = frozenset({"int4", "uint4", "float4_e2m1fn"})
+
+
+def repack_subbyte_constants(graph: gs.Graph) -> None:
+    """Hand gs 4-bit constants as packed TensorProtos again, so they export correctly.
+
+    graphsurgeon imports an int4 / uint4 initializer lazily, but once anything reads
+    ``Constant.values`` it holds an unpacked ml_dtypes array, which its exporter writes one
+    byte per value — a tensor the checker rejects. ``numpy_helper.from_array`` packs it.
+    """
+    for g in iter_graphs(graph):
+        for node in g.nodes:
+            for tensor in node.inputs:
+                if (isinstance(tensor, gs.Constant) and isinstance(tensor._values, np.ndarray)
+                        and tensor._values.dtype.name in _PACKED_TYPES):
+                    tensor._values = LazyValues(
+                        onnx.numpy_helper.from_array(tensor._values, tensor.name))

@@ -110,6 +110,7 @@ class Model:
         self.graph.ir_version = self.ir_version
         self.graph.opset = self.opsets.get("", self.graph.opset)
         opset_imports = [onnx.helper.make_opsetid(d, v) for d, v in sorted(self.opsets.items())]
+        fidelity.repack_subbyte_constants(self.graph)
         proto = gs.export_onnx(self.graph, do_type_check=False, opset_imports=opset_imports)
         # Intermediate shapes are annotations that rewrites (pruning, reshaping) can make stale,
         # and a stale value_info makes onnxruntime reject the model; runtimes re-infer them.

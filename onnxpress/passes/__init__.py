@@ -18,6 +18,7 @@ from onnxpress.passes.manager import DumpAfterEach, PassManager, PassRecord, Rep
 from onnxpress.passes.quantize.dynamic import QuantizeDynamic
 from onnxpress.passes.quantize.sensitivity import MixedPrecision
 from onnxpress.passes.quantize.static import QuantizeStatic
+from onnxpress.passes.quantize.weight_only import QuantizeWeights
 from onnxpress.passes.sparsity.channels import PruneChannels
 from onnxpress.passes.sparsity.magnitude import PruneMagnitude
 from onnxpress.passes.sparsity.reconstruct import Reconstruct
@@ -28,5 +29,6 @@ __all__ = [
     "FoldConstants", "Fuse", "FuseBatchNorm", "FuseGelu", "FuseGemm", "FuseLayerNorm", "FusePad",
     "FuseTransposes", "LowRank", "MixedPrecision", "Pass", "PassManager", "PassRecord",
     "PassResult", "PruneChannels", "PruneMagnitude", "QuantizeDynamic", "QuantizeStatic",
+    "QuantizeWeights",
     "Reconstruct", "Report", "Sparsify2to4", "get", "registered", "resolve",
 ]
