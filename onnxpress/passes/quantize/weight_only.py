@@ -274,13 +274,16 @@ class QuantizeWeights(Pass):
         gather = any(u.kind == "gather" for u in weight.uses)
         bits = (self.embedding_bits or self.bits) if gather else self.bits
         matrix = weight.matrix
+        # A block longer than the row would only store padding: the smallest power of two
+        # (>= 16) that covers K instead.
+        block = min(self.block_size, max(16, 1 << (matrix.shape[1] - 1).bit_length()))
         if hessians and not gather:
             # A weight read by several layers: the sum of their objectives.
             hessian = sum(hessians[u.node.inputs[0].name] for u in weight.uses)
-            return gptq_quantize(matrix, hessian, bits, self.block_size, self.symmetric,
+            return gptq_quantize(matrix, hessian, bits, block, self.symmetric,
                                  percdamp=self.percdamp, act_order=self.act_order,
                                  clip_search=self.clip_search)
-        return round_to_nearest(matrix, bits, self.block_size, self.symmetric,
+        return round_to_nearest(matrix, bits, block, self.symmetric,
                                 clip_search=self.clip_search)
 
     # ----------------------------------------------------------------------------------------
