@@ -131,10 +131,10 @@ def main(argv=None) -> None:
                 seconds = time.perf_counter() - start
                 onnx.checker.check_model(str(dst), full_check=True)
                 sess = session(dst)
-            except Exception as e:  # a tool's failure is a result to report, not a crash
+            except Exception as e:  # noqa: BLE001  (a tool's failure is a result to report)
                 traceback.print_exc(file=sys.stderr)
-                built[label] = ("", "", "", f"fails: {type(e).__name__}: "
-                                f"{str(e).splitlines()[0][:120]}")
+                built[label] = ("", "", "", (f"fails: {type(e).__name__}: "
+                                             f"{str(e).splitlines()[0][:120]}"))
                 continue
             c = minilm_data.cosines(reference, embeddings(sess, evaluation))
             built[label] = (f"{dst.stat().st_size / size0:.3f}", f"{c.mean():.5f}",

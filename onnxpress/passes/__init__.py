@@ -16,6 +16,7 @@ from onnxpress.passes.fusion.transpose import FuseTransposes
 from onnxpress.passes.lowrank import LowRank
 from onnxpress.passes.manager import DumpAfterEach, PassManager, PassRecord, Report
 from onnxpress.passes.quantize.dynamic import QuantizeDynamic
+from onnxpress.passes.quantize.fp8 import QuantizeFP8
 from onnxpress.passes.quantize.sensitivity import MixedPrecision
 from onnxpress.passes.quantize.static import QuantizeStatic
 from onnxpress.passes.quantize.weight_only import QuantizeWeights
@@ -28,7 +29,7 @@ __all__ = [
     "Calibrate", "Cleanup", "Context", "DumpAfterEach", "EliminateDeadCode", "EliminateIdentity",
     "FoldConstants", "Fuse", "FuseBatchNorm", "FuseGelu", "FuseGemm", "FuseLayerNorm", "FusePad",
     "FuseTransposes", "LowRank", "MixedPrecision", "Pass", "PassManager", "PassRecord",
-    "PassResult", "PruneChannels", "PruneMagnitude", "QuantizeDynamic", "QuantizeStatic",
+    "PassResult", "PruneChannels", "PruneMagnitude", "QuantizeDynamic", "QuantizeFP8", "QuantizeStatic",
     "QuantizeWeights",
     "Reconstruct", "Report", "Sparsify2to4", "get", "registered", "resolve",
 ]
