@@ -192,8 +192,10 @@ class QuantizeWeights(Pass):
         weights, skipped = self._weights(model)
         if not weights:
             return PassResult(False, {"skipped": skipped} if skipped else {})
+        gather_block = ctx.target.name == "cpu"
         raised = False
-        if fmt == "qdq":
+        if fmt == "qdq" or (not gather_block and any(u.kind == "gather" for w in weights
+                                                     for u in w.uses)):
             raised = require_opset(model, BLOCKED_DQ_OPSET, "DequantizeLinear with block_size")
             if raised:  # the conversion rebuilt the graph: find the weights in the new one
                 weights, skipped = self._weights(model)
@@ -207,7 +209,7 @@ class QuantizeWeights(Pass):
             if fmt == "qdq":
                 after += self._emit_dequantize(model, weight, quantized)
             else:
-                after += self._emit_contrib(model, weight, quantized, ctx.target.name == "cpu")
+                after += self._emit_contrib(model, weight, quantized, gather_block)
         dead_code(model.graph)
         toposort(model.graph)
         stats = {"format": fmt, "bits": self.bits, "block_size": self.block_size,
@@ -329,8 +331,8 @@ class QuantizeWeights(Pass):
                     self._matmul_nbits(model, use, q, packed, scales, zeros)
         gathers = [u for u in weight.uses if u.kind == "gather"]
         if gathers and not gather_block:
-            # onnxruntime's CUDA GatherBlockQuantized wants float16 scales: standard form.
-            require_opset(model, BLOCKED_DQ_OPSET, "DequantizeLinear with block_size")
+            # onnxruntime's CUDA GatherBlockQuantized wants float16 scales: the standard form
+            # (`run` raised the opset before any edit).
             return size + self._emit_dequantize(model, _Weight(weight.constant, gathers), q)
         for use in gathers:
             size += self._gather_block(model, use, q, packed, hint)

@@ -186,3 +186,16 @@ def test_bad_options_and_missing_data():
         QuantizeWeights(block_size=48)
     with pytest.raises(PassError, match="needs sample inputs"):
         ox.optimize(TRANSFORMER, [QuantizeWeights(method="gptq")])
+
+
+def test_matmulnbits_with_standard_embeddings_off_cpu():
+    """Off the cpu target (onnxruntime's CUDA GatherBlockQuantized takes float16 scales only)
+    MatMuls still become MatMulNBits and tables take the blocked DequantizeLinear."""
+    out = ox.optimize(TRANSFORMER, [QuantizeWeights(bits=4, format="matmulnbits")],
+                      target="tensorrt")
+    _checked(out)
+    ops = _ops(out)
+    assert ops.count("MatMulNBits") == 8 and ops.count("DequantizeLinear") == 1
+    assert out.opset == 21
+    (want,) = run(TRANSFORMER, TEST, optimize=True)[:1]
+    assert _cosine(want, run(out, TEST, optimize=True)[0]) >= 0.99
