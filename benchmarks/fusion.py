@@ -222,7 +222,7 @@ def bench_digits(workdir: Path, args) -> str:
         logits = [session(m, "cpu", threads=THREADS, optimize=level).run(None,
                                                                          {"input": images})[0]
                   for m in (original_bytes, fused_bytes)]
-        acc = [float((l.argmax(1) == labels).mean()) for l in logits]
+        acc = [float((out.argmax(1) == labels).mean()) for out in logits]
         agree = float((logits[0].argmax(1) == logits[1].argmax(1)).mean())
         err = float(np.abs(logits[0] - logits[1]).max())
         rows.append([f"top-1 accuracy, {len(labels)} test images ({level_name})",

@@ -48,10 +48,11 @@ Fairness:
 - Latency: every session (``CPUExecutionProvider``, ``ORT_ENABLE_ALL``, `THREADS` intra-op
   threads, sequential execution) is created and warmed up first, then timed in rounds; in
   each round every variant runs a block of calls lasting ~`BLOCK_S` (one call for slow
-  models), in an order rotated from round to round, so machine noise lands on all variants alike. Each variant gets
-  ~`BUDGET_S` of timed calls, and never fewer than `MIN_RUNS`. Only ``session.run`` is timed;
-  the median is reported. A second, independent FP32 session ("FP32 (A/A)") shows the noise floor: its
-  ratio to FP32 is how far from 1.0 a ratio drifts by chance on this machine at that moment.
+  models), in an order rotated from round to round, so machine noise lands on all variants
+  alike. Each variant gets ~`BUDGET_S` of timed calls, and never fewer than `MIN_RUNS`. Only
+  ``session.run`` is timed; the median is reported. A second, independent FP32 session
+  ("FP32 (A/A)") shows the noise floor: its ratio to FP32 is how far from 1.0 a ratio drifts
+  by chance on this machine at that moment.
 - Accuracy is measured with the same sessions' settings (what a deployment runs).
 """
 
@@ -548,7 +549,7 @@ def measure(bench: Bench, log, timing: Timing) -> None:
 
 
 def same_method_ort(bench: Bench) -> Variant | None:
-    """onnxruntime's static variant closest to our recipe: Percentile, U8 activations."""
+    """Onnxruntime's static variant closest to our recipe: Percentile, U8 activations."""
     return (_get(bench, "ORT static Percentile U8S8")
             or _get(bench, "ORT static Percentile U8S8 [padded]")
             or _get(bench, "ORT static MinMax U8S8"))

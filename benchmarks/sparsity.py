@@ -119,7 +119,7 @@ def log(message: str) -> None:
 # ------------------------------------------------------------------------------------------
 # Machine
 def nchwc_block() -> int:
-    """onnxruntime's NCHWc channel block on this CPU: 16 with AVX-512F, else 8 (MLAS)."""
+    """Onnxruntime's NCHWc channel block on this CPU: 16 with AVX-512F, else 8 (MLAS)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -282,7 +282,7 @@ class Variant:
 
 
 def prune(ratio: float = 0.3, *, reconstruct: bool = True, int8: bool = False, **options):
-    """fuse → prune-channels → [reconstruct] → cleanup [→ Calibrate → quantize-static]."""
+    """Fuse → prune-channels → [reconstruct] → cleanup [→ Calibrate → quantize-static]."""
     passes = ["fuse", PruneChannels(ratio=ratio, **options)]
     passes += ["reconstruct"] if reconstruct else []
     passes += ["cleanup"]
@@ -318,7 +318,7 @@ def digits_variants() -> list[Variant]:
 
 
 def short_group(label: str) -> str:
-    """A prune-channels group label, shortened: 'residual (3 convs)', 'block1.conv1', …"""
+    """A prune-channels group label, shortened ('residual (3 convs)', 'block1.conv1', …)."""
     parts = [p for p in label.split("+")[0].split("/") if p]
     if "+" in label:
         return f"residual ({label.count('+') + 1} convs)"

@@ -1,8 +1,8 @@
 """onnxpress: a compiler pass pipeline that makes ONNX models smaller and faster.
 
-    import onnxpress as ox
-    model = ox.optimize("model.onnx", ["cleanup"], verify="numeric")
-    model.save("model.opt.onnx")
+import onnxpress as ox
+model = ox.optimize("model.onnx", ["cleanup"], verify="numeric")
+model.save("model.opt.onnx")
 """
 
 from onnxpress._version import __version__

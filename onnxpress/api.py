@@ -8,11 +8,13 @@ reference model) and runs the `PassManager`. The result carries `.report`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from onnxpress.ir.io import ModelLike, load
 from onnxpress.ir.model import Model
 from onnxpress.passes.base import Context, Pass, resolve
+from onnxpress.passes.calibrate.table import CalibrationTable
 from onnxpress.passes.manager import Instrument, PassManager, Verify
 from onnxpress.runtime.data import as_data_source
 from onnxpress.targets import Target, get_target
@@ -20,7 +22,8 @@ from onnxpress.targets import Target, get_target
 
 def optimize(model: ModelLike, passes: Sequence[Pass | str] = ("cleanup",), *, data=None,
              target: Target | str = "cpu", verify: Verify = "structure",
-             instruments: Sequence[Instrument] = (), progress=None) -> Model:
+             instruments: Sequence[Instrument] = (), progress=None,
+             calibration: CalibrationTable | str | os.PathLike | None = None) -> Model:
     """Run `passes` on a copy of `model` and return the optimized copy.
 
     Args:
@@ -33,6 +36,9 @@ def optimize(model: ModelLike, passes: Sequence[Pass | str] = ("cleanup",), *, d
             (also compare outputs before/after every exact pass with onnxruntime).
         instruments: Hooks run around each pass (e.g. `DumpAfterEach`).
         progress: A progress sink for long passes (see `Context.progress`).
+        calibration: A `CalibrationTable` or the path of a saved one (onnxpress JSON or a
+            TensorRT cache) for the quantizers; a calibrate pass then measures only the
+            tensors it lacks.
 
     Returns:
         The optimized `Model`, with `.report` describing every pass run.
@@ -46,5 +52,8 @@ def optimize(model: ModelLike, passes: Sequence[Pass | str] = ("cleanup",), *, d
                   reference_loader=lambda: load(model))
     if progress is not None:
         ctx.progress = progress
+    if calibration is not None:
+        ctx.calibration = (calibration if isinstance(calibration, CalibrationTable)
+                           else CalibrationTable.read(calibration))
     working.report = PassManager(pipeline, verify=verify, instruments=instruments).run(working, ctx)
     return working

@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 import tempfile
+import threading
 import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 from rich.console import Console
@@ -35,16 +39,18 @@ from rich.table import Column, Table
 from onnxpress import demo
 from onnxpress._version import __version__
 from onnxpress.api import optimize
-from onnxpress.errors import DataError, OnnxpressError, SaveError
-from onnxpress.ir.io import load
+from onnxpress.errors import DataError, GuardError, OnnxpressError, SaveError
+from onnxpress.ir import fidelity
+from onnxpress.ir.io import check_destination, external_files, load
 from onnxpress.ir.model import Model
 from onnxpress.ir.scopes import iter_graphs
 from onnxpress.passes.base import Context, Pass, resolve
 from onnxpress.passes.calibrate import Calibrate
 from onnxpress.passes.calibrate.calibrate import METHODS
-from onnxpress.passes.manager import PassRecord, Report
+from onnxpress.passes.quantize.sensitivity import MixedPrecision
 from onnxpress.passes.sparsity.coupling import describe_groups
 from onnxpress.recipes import RECIPE_TARGETS, RECIPES
+from onnxpress.report import PassRecord, Report
 from onnxpress.runtime.bench import benchmark
 from onnxpress.runtime.compare import compare
 from onnxpress.runtime.data import DataSource, as_data_source
@@ -53,7 +59,7 @@ from onnxpress.targets import TARGETS
 #: Exit status of every error the user can cause (argparse uses 2 for usage errors too).
 EXIT_ERROR = 2
 #: Stats too long for a table cell, printed on their own lines below the report.
-LONG_STATS = frozenset({"onnxruntime", "float_layers"})
+LONG_STATS = frozenset({"onnxruntime", "float_units", "measured", "kept_float"})
 #: Random samples `compare` uses when no --data is given.
 RANDOM_SAMPLES = 16
 
@@ -122,8 +128,9 @@ class _PassProgress:
         """Nothing to show before a pass; rich's spinner shows that work is under way."""
 
     def after(self, p: Pass, model: Model, ctx: Context, record: PassRecord) -> None:
-        """Count the pass as done."""
-        self._advance(1)
+        """Count a top-level pass as done (the passes a composite runs are part of it)."""
+        if ctx.manager is None or ctx.manager.depth == 0:
+            self._advance(1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,8 +151,9 @@ def _dtype(dtype: object) -> str:
         return "?"
     try:
         return np.dtype(dtype).name
-    except TypeError:
-        return str(dtype)
+    except TypeError:  # gs keeps types numpy lacks (bfloat16) as ONNX codes
+        return (onnx.TensorProto.DataType.Name(dtype).lower() if isinstance(dtype, int)
+                and dtype in onnx.TensorProto.DataType.values() else str(dtype))
 
 
 def _shape(shape: Sequence | None) -> str:
@@ -158,13 +166,16 @@ def _shape(shape: Sequence | None) -> str:
 
 
 def _report_table(report: Report) -> Table:
-    """The optimize report: one row per pass run."""
+    """The optimize report: one row per pass run, and the nested runs that changed the model
+    indented under their composite (as `Report.table`)."""
     table = Table("pass", "changed", "time (s)", "nodes", "bytes", "stats",
                   title="passes")
-    for r in report.records:
+    for depth, r in report.walk():
+        if depth and not r.changed:
+            continue
         stats = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in r.stats.items() if k not in LONG_STATS)
-        table.add_row(r.name, "yes" if r.changed else "no", f"{r.seconds:.3f}",
+        table.add_row("· " * depth + r.name, "yes" if r.changed else "no", f"{r.seconds:.3f}",
                       f"{r.nodes_before} → {r.nodes_after}",
                       f"{_size(r.bytes_before)} → {_size(r.bytes_after)}", stats)
     return table
@@ -213,10 +224,11 @@ def _inspect(args: argparse.Namespace, ui: _Ui) -> None:
 
     by_dtype: dict[str, list[int]] = {}
     for constant in model.constants():
-        entry = by_dtype.setdefault(constant.values.dtype.name, [0, 0, 0])
+        values = constant._values  # LazyValues or an array: unread weights stay unread
+        entry = by_dtype.setdefault(_dtype(values.dtype), [0, 0, 0])
         entry[0] += 1
-        entry[1] += int(constant.values.size)
-        entry[2] += int(constant.values.nbytes)
+        entry[1] += int(np.prod(values.shape, dtype=np.int64))
+        entry[2] += fidelity.nbytes(constant)
     params = Table("dtype", "tensors", "parameters", "bytes",
                    title="parameters (initializers of the main graph)")
     for name, (tensors, size, nbytes) in sorted(by_dtype.items()):
@@ -238,17 +250,43 @@ def _optimize(args: argparse.Namespace, ui: _Ui) -> None:
               else RECIPES[args.recipe])
     if not passes:
         raise _UsageError("--passes: give at least one pass name (see onnxpress.passes)")
-    passes = [_calibration_options(resolve(p), args) for p in passes]
+    passes = [_guard_options(_calibration_options(resolve(p), args), args) for p in passes]
+    _check_writes(source, out, args, passes)
     target = args.target or RECIPE_TARGETS.get(args.recipe if not args.passes else "", "cpu")
     model = optimize(source, passes, data=args.data, target=target, verify=args.verify,
-                     instruments=[_PassProgress(ui, len(passes))], progress=ui)
+                     instruments=[_PassProgress(ui, len(passes))], progress=ui,
+                     calibration=args.calibration_table)
     size_before = source.stat().st_size  # before saving: OUT may be MODEL (--overwrite)
     model.save(out, overwrite=args.overwrite)
     ui.out.print(_report_table(model.report))
     for record in model.report.records:
-        for key in LONG_STATS & record.stats.keys():
+        for key in sorted(LONG_STATS & record.stats.keys()):
             ui.out.print(f"{record.name}: {key}: {record.stats[key]}")
     ui.out.print(f"wrote {out}: {_change(size_before, out.stat().st_size)}")
+
+
+def _check_writes(source: Path, out: Path, args: argparse.Namespace,
+                  passes: Sequence[Pass]) -> None:
+    """Refuse, before any work, a write over a file the run reads or writes elsewhere.
+
+    The output, and every calibration table a calibrate pass will save, must not be the input
+    model (except the output with --overwrite), a file the input reads (its external data),
+    the data given with --data, another file of this run, a folder or a device.
+    """
+    reads = [(f, "a file the input model reads (its external data)")
+             for f in external_files(source)]
+    if args.data:
+        data = Path(args.data)
+        files = sorted(data.glob("*.npy")) if data.is_dir() else [data]
+        reads += [(f, "the data given with --data") for f in files]
+    if args.calibration_table:
+        reads.append((Path(args.calibration_table), "the table given with --calibration-table"))
+    tables = [Path(p.save) for p in passes if isinstance(p, Calibrate) and p.save is not None]
+    written: list[tuple[Path, str]] = [(out, "the output model (-o)")]
+    for table in tables:
+        check_destination(table, [(source, "the input model"), *reads, *written])
+        written.append((table, "another calibration table of this run"))
+    check_destination(out, reads + [(t, "a calibration table of this run") for t in tables])
 
 
 def _calibration_options(p: Pass, args: argparse.Namespace) -> Pass:
@@ -259,6 +297,13 @@ def _calibration_options(p: Pass, args: argparse.Namespace) -> Pass:
     if args.save_calibration:
         changes["save"] = args.save_calibration
     return dataclasses.replace(p, **changes)
+
+
+def _guard_options(p: Pass, args: argparse.Namespace) -> Pass:
+    """Apply --allow-slower to the guarded int8 pass (mixed-precision); others pass through."""
+    if isinstance(p, MixedPrecision) and args.allow_slower:
+        return dataclasses.replace(p, allow_slower=True)
+    return p
 
 
 def _bench(args: argparse.Namespace, ui: _Ui) -> None:
@@ -323,13 +368,17 @@ def _demo(args: argparse.Namespace, ui: _Ui) -> None:
     recipes = {name: passes for name, passes in RECIPES.items()
                if name not in RECIPE_TARGETS}  # made for another backend: not measurable here
     step = ui("demo", len(recipes) + 3 * (len(recipes) + 1))
+    refused: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="onnxpress-demo-") as tmp:
         variants = [("fp32 original", original)]
         for name, passes in recipes.items():
             path = Path(tmp) / f"digits.{name}.onnx"
-            optimize(original, passes, data=demo.calibration_data(), progress=ui).save(path)
-            variants.append((name, path))
-            step(1)
+            try:
+                optimize(original, passes, data=demo.calibration_data(), progress=ui).save(path)
+                variants.append((name, path))
+            except GuardError as e:  # the guard refused: show why instead of a number
+                refused[name] = str(e)
+            step(1 + 3 * (name in refused))
         for name, path in variants:
             result = compare(original, path, test, labels=labels)
             step(1)
@@ -342,11 +391,15 @@ def _demo(args: argparse.Namespace, ui: _Ui) -> None:
                           f"{latency[0].median_ms:.3f}", f"{latency[1].median_ms:.3f}",
                           f"{result.candidate_accuracy:.2%}",
                           f"{result[0].top1_agreement:.2%}")
+        for name in refused:
+            table.add_row(name, "refused by its guard (below)", "", "", "", "", "")
     table.caption = (f"top-1: accuracy on the {len(test)} test images; agree: same top-1 "
                      f"class as the original; ms @N: median latency at batch N over "
                      f"{args.runs} runs, {latency[0].threads} intra-op threads, onnxruntime "
                      f"{ort.__version__} on CPU (compare ratios, not absolute times)")
     ui.out.print(table)
+    for name, reason in refused.items():
+        ui.out.print(f"{name}: {reason}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,6 +454,11 @@ def _parser() -> _ArgumentParser:
                    help="range method of the calibrate pass (default: the recipe's)")
     p.add_argument("--save-calibration", metavar="FILE",
                    help="also write the calibration table as JSON")
+    p.add_argument("--calibration-table", metavar="FILE",
+                   help="reuse a calibration table (onnxpress JSON or a TensorRT cache): "
+                        "calibrate then measures only the tensors it lacks")
+    p.add_argument("--allow-slower", action="store_true",
+                   help="keep an int8 result even if it runs slower than the float model")
     p.add_argument("--verify", choices=["off", "structure", "numeric"], default="structure")
     p.add_argument("--overwrite", action="store_true",
                    help="allow OUTPUT to be the input model")
@@ -449,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         0 on success, 2 on any error the user can fix (one line on stderr).
     """
     args = None
+    previous = _terminate_on_sigterm()
     try:
         args = _parser().parse_args(argv)
         with _Ui() as ui:
@@ -464,6 +523,29 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("onnxpress: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("onnxpress: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that `finally` blocks (a save's staging cleanup)
+    run; Python's default action would end the process without them."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def _terminate_on_sigterm() -> Any:
+    """Turn SIGTERM into `_Terminated`; return the previous handler (None off the main thread,
+    where handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 if __name__ == "__main__":

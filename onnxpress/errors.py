@@ -36,3 +36,8 @@ class DataError(OnnxpressError):
 
 class TargetError(OnnxpressError):
     """The target is unknown or its onnxruntime execution provider is not installed."""
+
+
+class GuardError(PassError):
+    """A lossy result misses its accuracy budget, or is slower than the model it replaces,
+    and no fallback fixes it: nothing is written (the message has the numbers)."""

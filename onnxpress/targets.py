@@ -17,8 +17,11 @@ table; they never hard-code a backend's rules.
 
 from __future__ import annotations
 
+import functools
+import platform
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
 
@@ -30,6 +33,17 @@ from onnxpress.errors import TargetError
 #: How a quantized op's output is treated: always Q'd (the unit needs it to fuse), Q'd only
 #: when a reader is quantized too, never, or Q'd with the input's parameters (data movement).
 OutputRule = Literal["always", "if-read", "never", "same-as-input"]
+
+#: How an op is treated inside an attention / LayerNorm block (`attention_blocks`): as
+#: anywhere else, as a weights-only product (activation input and weight in int8, float
+#: output: onnxruntime's MatMulIntegerToFloat / QGemm), or kept float.
+InAttention = Literal["as-is", "weights-only", "float"]
+
+#: Ops that mark an attention / LayerNorm block. Their inputs and the tensors around them
+#: hold ranges int8 cannot share with the rest (residual stream, masks, softmax logits).
+ATTENTION_MARKERS = frozenset({"LayerNormalization", "Softmax", "SkipLayerNormalization",
+                               "Attention", "MultiHeadAttention", "SimplifiedLayerNormalization",
+                               "RMSNormalization"})
 
 
 @dataclass(frozen=True)
@@ -45,6 +59,7 @@ class QRule:
         output: How the output is treated (see `OutputRule`).
         skip: A function of the node returning why the backend gains nothing from quantizing
             it (the node then stays float), or None.
+        in_attention: How the op is treated inside an attention / LayerNorm block.
     """
 
     activations: tuple[int, ...] | Callable[[gs.Node], tuple[int, ...]] | None = (0,)
@@ -53,6 +68,7 @@ class QRule:
     bias: int | None = None
     output: OutputRule = "always"
     skip: Callable[[gs.Node], str | None] | None = None
+    in_attention: InAttention = "float"
 
     def inputs(self, node: gs.Node) -> list[int]:
         """Indices of `node`'s activation inputs to quantize (present, non-constant ones)."""
@@ -109,17 +125,81 @@ def _gemv(node: gs.Node) -> str | None:
     return None
 
 
+def _square(node: gs.Node) -> str | None:
+    """``x * x`` (a GELU cubic, a variance): the product's range is the square of the input's,
+    so its small values — the ones that matter — vanish in 8 bits."""
+    if len(node.inputs) == 2 and node.inputs[0] is node.inputs[1]:
+        return "squares its input: int8 loses the small values"
+    return None
+
+
+def attention_blocks(graph: gs.Graph) -> set[int]:
+    """The nodes (by ``id``) inside attention / LayerNorm blocks: the markers themselves
+    (`ATTENTION_MARKERS`, and LayerNorms written out as ``Reduce* → … → Sqrt``) and every node
+    on a path from one marker to another — the residual stream of a transformer, its
+    attention, masks and feed-forward layers.
+
+    Per node, not per graph: a Softmax in a detector head, or a classifier's final Softmax,
+    marks only itself (nothing lies between it and another marker), so the convolutions of a
+    CNN stay convolutions however many Softmaxes the graph has; the conv stem of a hybrid
+    recognizer is upstream of every marker and stays outside too.
+    """
+    nodes = graph.nodes
+    index = {id(n): i for i, n in enumerate(nodes)}
+    readers: dict[int, list[int]] = {i: [] for i in range(len(nodes))}
+    for i, node in enumerate(nodes):
+        for tensor in node.inputs:
+            for p in tensor.inputs:
+                if id(p) in index:
+                    readers[index[id(p)]].append(i)
+    marker_set = {i for i, n in enumerate(nodes) if n.op in ATTENTION_MARKERS or _written_norm(n)}
+    if not marker_set:
+        return set()
+    # after[i]: a marker is upstream of i; before[i]: a marker is downstream of i.
+    after, before = [False] * len(nodes), [False] * len(nodes)
+    for i in range(len(nodes)):  # graph.nodes is in topological order
+        if after[i] or i in marker_set:
+            for j in readers[i]:
+                after[j] = True
+    for i in reversed(range(len(nodes))):
+        if any(before[j] or j in marker_set for j in readers[i]):
+            before[i] = True
+    return {id(nodes[i]) for i in range(len(nodes))
+            if i in marker_set or (after[i] and before[i])}
+
+
+def _written_norm(node: gs.Node) -> bool:
+    """A Sqrt (or Reciprocal) of a reduction: the denominator of a LayerNorm written out."""
+    if node.op not in ("Sqrt", "Reciprocal") or not node.inputs:
+        return False
+    frontier, seen = [node.inputs[0]], 0
+    while frontier and seen < 4:  # Sqrt(ReduceMean(...) + eps): a step or two back
+        tensor = frontier.pop()
+        seen += 1
+        for p in tensor.inputs:
+            if p.op.startswith("Reduce"):
+                return True
+            if p.op in ("Add", "Div", "Mul", "Cast"):
+                frontier.extend(t for t in p.inputs if isinstance(t, gs.Variable))
+    return False
+
+
 _DATA_MOVEMENT = QRule(output="same-as-input")
 
 CPU_RULES = MappingProxyType({
-    "Conv": QRule(weight=1, weight_axis=0, bias=2, output="always"),
-    "Gemm": QRule(weight=1, weight_axis=_gemm_axis, bias=2, output="if-read"),
-    "MatMul": QRule(weight=1, weight_axis=1, output="if-read"),
+    "Conv": QRule(weight=1, weight_axis=0, bias=2, output="always", in_attention="as-is"),
+    "Gemm": QRule(weight=1, weight_axis=_gemm_axis, bias=2, output="if-read",
+                  in_attention="weights-only"),
+    "MatMul": QRule(weight=1, weight_axis=1, output="if-read", in_attention="weights-only"),
     "Add": QRule(activations=(0, 1)),
-    "Mul": QRule(activations=(0, 1)),
+    "Mul": QRule(activations=(0, 1), skip=_square),
     "Concat": QRule(activations=None),
     "GlobalAveragePool": QRule(),
     "AveragePool": QRule(),
+    # onnxruntime's QLinearSigmoid / QLinearLeakyRelu (measured fused on x86): SiLU written
+    # as x * Sigmoid(x) then runs Conv → Sigmoid → Mul in int8 end to end.
+    "Sigmoid": QRule(),
+    "LeakyRelu": QRule(),
     "MaxPool": _DATA_MOVEMENT,
     "Reshape": _DATA_MOVEMENT,
     "Flatten": _DATA_MOVEMENT,
@@ -130,10 +210,12 @@ CPU_RULES = MappingProxyType({
 })
 
 TENSORRT_RULES = MappingProxyType({
-    "Conv": QRule(weight=1, weight_axis=0, output="never", skip=_tiny_conv),
-    "ConvTranspose": QRule(weight=1, weight_axis=1, output="never", skip=_tiny_conv),
-    "Gemm": QRule(weight=1, weight_axis=_gemm_axis, output="never", skip=_gemv),
-    "MatMul": QRule(weight=1, weight_axis=1, output="never", skip=_gemv),
+    "Conv": QRule(weight=1, weight_axis=0, output="never", skip=_tiny_conv, in_attention="as-is"),
+    "ConvTranspose": QRule(weight=1, weight_axis=1, output="never", skip=_tiny_conv,
+                           in_attention="as-is"),
+    "Gemm": QRule(weight=1, weight_axis=_gemm_axis, output="never", skip=_gemv,
+                  in_attention="as-is"),
+    "MatMul": QRule(weight=1, weight_axis=1, output="never", skip=_gemv, in_attention="as-is"),
     "Add": QRule(activations=_residual_input, output="never"),
 })
 
@@ -154,8 +236,24 @@ class Target:
     quantization: Mapping[str, QRule] = field(default_factory=dict)
     activation_dtype: type = np.uint8
     symmetric_activations: bool = False
-    #: Ops that stay float whatever the table says (numerically fragile in transformers).
-    float_ops: frozenset = frozenset({"LayerNormalization", "Softmax"})
+    #: Whether the runtime multiplies uint8 activations by int8 weights in saturating 16-bit
+    #: pairs on this machine (x86 without VNNI): then weights use 7 bits (`weight_bits`).
+    saturating_u8s8: Callable[[], bool] = lambda: False
+    #: Whether an op without weights fuses only when every input comes from an int8 unit
+    #: (onnxruntime's QDQ selectors: ``DQ → op → Q`` with all inputs dequantized). TensorRT
+    #: places Q/DQ on chosen inputs instead (R-B3: the skip input of a residual Add).
+    int8_islands: bool = False
+
+    @property
+    def weight_bits(self) -> int:
+        """Bits of int8 weights that the target's kernels multiply exactly.
+
+        onnxruntime's u8s8 kernels on x86 without VNNI (AVX2's ``vpmaddubsw``) add two
+        uint8×int8 products in a saturating int16: 255·127·2 = 64,770 overflows it, and the
+        digits CNN measured 98.3 % instead of 99.3 % top-1 that way. With 7-bit weights
+        (255·63·2 = 32,130) nothing saturates — onnxruntime's own `reduce_range`.
+        """
+        return 7 if self.saturating_u8s8() else 8
 
     @property
     def onnxruntime_kernels(self) -> bool:
@@ -175,10 +273,30 @@ class Target:
                 f"'{self.package}' instead of 'onnxruntime'")
 
 
+@functools.cache
+def x86_without_vnni() -> bool:
+    """Whether this is an x86 CPU whose int8 dot products lack VNNI (AVX-512 VNNI, AVX-VNNI
+    or AMX), read from /proc/cpuinfo's flags (Linux) or numpy's CPU feature table."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return False
+    vnni = {"avx512_vnni", "avx_vnni", "amx_int8"}
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("flags"):
+                return not vnni & set(line.split(":", 1)[1].split())
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:  # pragma: no cover - numpy < 2
+        from numpy.core._multiarray_umath import __cpu_features__ as features
+    return not any(features.get(f) for f in ("AVX512_VNNI", "AVX512_CLX", "AVX_VNNI"))
+
+
 TARGETS = {
     # uint8 activations: on x86 onnxruntime fuses int8 activations only after converting them
     # to uint8 itself, and measured slower than FP32 when given int8 (issue #4's figures).
-    "cpu": Target("cpu", ("CPUExecutionProvider",), "onnxruntime", CPU_RULES, np.uint8, False),
+    "cpu": Target("cpu", ("CPUExecutionProvider",), "onnxruntime", CPU_RULES, np.uint8, False,
+                  saturating_u8s8=x86_without_vnni, int8_islands=True),
     # onnxruntime's CUDA EP has no fused int8 Conv/MatMul (R-A7): quantize for tensorrt instead.
     "cuda": Target("cuda", ("CUDAExecutionProvider", "CPUExecutionProvider"), "onnxruntime-gpu"),
     "tensorrt": Target("tensorrt", ("TensorrtExecutionProvider", "CUDAExecutionProvider",

@@ -43,7 +43,8 @@ def assert_same_outputs(reference: ModelLike, candidate: ModelLike,
         reference: The model to match.
         candidate: The model under test.
         feeds: One feed dict, a list of them, or None for two random samples.
-        rtol, atol: Tolerance of `numpy.testing.assert_allclose`.
+        rtol: Relative tolerance of `numpy.testing.assert_allclose`.
+        atol: Absolute tolerance.
     """
     reference, candidate = _model(reference), _model(candidate)
     if feeds is None:

@@ -98,6 +98,7 @@ def test_numeric_verification_with_feed_dicts():
     model = ZOO["reshape"]()
     result = ox.optimize(model, ["cleanup"], data=feed_list(model), verify="numeric")
     assert result.report.records[0].changed
+    assert "numeric" in {r.verified for _, r in result.report.walk()}
 
 
 def test_unknown_target_and_verify_mode():

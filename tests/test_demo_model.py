@@ -17,5 +17,8 @@ def test_exact_pipelines_keep_every_prediction(passes):
     original = _predictions(demo.model_path())
     optimized = ox.optimize(demo.model_path(), passes, verify="numeric")
     np.testing.assert_array_equal(_predictions(optimized), original)
+    verified = [r.verified for _, r in optimized.report.walk() if r.changed and not r.children]
+    # every change was compared (cleanup finds nothing to change in the demo model)
+    assert set(verified) <= {"numeric"} and bool(verified) == optimized.report.records[0].changed
     accuracy = float(np.mean(original == demo.test_labels()))
     assert accuracy == pytest.approx(demo.facts()["fp32_test_top1"])

@@ -21,7 +21,7 @@ def shapes(model: Model) -> dict[str, tuple[onnx.TensorProto.DataType, tuple | N
         Tensor name → (ONNX element type, shape) for every value shape inference typed;
         symbolic dimensions are kept as strings, unknown ones as None.
     """
-    proto = model.to_onnx()
+    proto = model.to_onnx(weights=False)  # shapes need no weights' bytes
     inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     found: dict[str, tuple] = {}
     graph = inferred.graph

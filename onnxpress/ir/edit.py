@@ -76,7 +76,7 @@ def replace_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor, *,
 def is_interface(graph: gs.Graph, tensor: gs.Tensor) -> bool:
     """Whether `tensor`'s name is part of the model's interface or storage: a graph input, a
     graph output or an initializer already read by some node — renaming it would change what
-    users feed or read. (A new initializer nobody reads yet may take any name.)"""
+    users feed or read (a new initializer nobody reads yet may take any name)."""
     return ((isinstance(tensor, gs.Constant) and bool(tensor.outputs))
             or is_graph_output(graph, tensor) or any(t is tensor for t in graph.inputs))
 

@@ -12,6 +12,7 @@ caches analyses (`analysis(fn)`), dropped by `invalidate()` when a pass changes 
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 from collections.abc import Callable, Iterator
@@ -23,14 +24,17 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxpress._version import __version__
-from onnxpress.ir import fidelity
+from onnxpress.errors import ModelLoadError
+from onnxpress.ir import external, fidelity
 from onnxpress.ir.scopes import iter_graphs
 
 if TYPE_CHECKING:
-    from onnxpress.passes.manager import Report
+    from onnxpress.report import Report
 
 T = TypeVar("T")
 
+#: A new constant of at least this many bytes triggers a cycle collection (see `constant`).
+LARGE = 1 << 24
 #: metadata_props key under which `save` records the pipeline that produced the model.
 PIPELINE_KEY = "onnxpress.pipeline"
 
@@ -49,6 +53,10 @@ class Model:
         pipeline: Passes applied so far, as ``{"name": ..., "options": {...}}`` records; read
             back from the metadata of a model onnxpress wrote, so history accumulates.
         initializer_inputs: Initializers the source also listed as graph inputs.
+        training_info: The source's training_info, written back while the tensors it names
+            still exist (see `fidelity.valid_training_info`).
+        source_files: Real paths of the files the model was read from (the .onnx and its
+            external data); `save` never replaces them.
         report: The `Report` of the last `optimize` run, if the model came out of one.
     """
 
@@ -72,6 +80,8 @@ class Model:
         self.source = source
         self.pipeline: list[dict[str, Any]] = []
         self.initializer_inputs: list[str] = []
+        self.training_info: list[onnx.TrainingInfoProto] = []
+        self.source_files: frozenset[Path] = frozenset()
         self.report: Report | None = None
         self._analyses: dict[Callable[[Model], Any], Any] = {}
         self._names: set[str] = set()
@@ -82,11 +92,21 @@ class Model:
     # Conversion
     @classmethod
     def from_onnx(cls, proto: onnx.ModelProto, *, source: Path | None = None) -> Model:
-        """Import a ModelProto (which is not modified)."""
-        graph = gs.import_onnx(proto)
+        """Import a ModelProto (which is not modified).
+
+        Raises:
+            ModelLoadError: the proto references external files; only `onnxpress.load`, given
+                the model's path, may resolve them (against the model's folder).
+        """
+        if source is None and any(external.is_external(t) and external.source_of(t) is None
+                                  for t in external.tensors(proto)):
+            raise ModelLoadError("the model keeps tensors in external files, which can only "
+                                 "be found beside a model file; load it by its path")
+        with fidelity.interface_types_kept(proto.graph):
+            graph = gs.import_onnx(proto)
         fidelity.keep_node_meta(proto.graph, graph)
         metadata = {p.key: p.value for p in proto.metadata_props}
-        recorded = json.loads(metadata.pop(PIPELINE_KEY, "{}") or "{}")
+        recorded = fidelity.recorded_pipeline(metadata.pop(PIPELINE_KEY, ""))
         model = cls(
             graph,
             ir_version=proto.ir_version,
@@ -101,16 +121,26 @@ class Model:
             },
             source=source,
         )
-        model.pipeline = list(recorded.get("passes", []))
+        model.pipeline = recorded
         model.initializer_inputs = fidelity.initializer_inputs(proto)
+        model.training_info = [onnx.TrainingInfoProto.FromString(t.SerializeToString())
+                               for t in proto.training_info]
         return model
 
-    def to_onnx(self) -> onnx.ModelProto:
-        """Export to a ModelProto with the source's ir_version, opsets and metadata."""
+    def to_onnx(self, *, weights: bool = True) -> onnx.ModelProto:
+        """Export to a ModelProto with the source's ir_version, opsets and metadata.
+
+        Args:
+            weights: Include the bytes of every tensor (a self-contained proto for
+                onnxruntime). False exports large tensors as stubs that stand for this model's
+                values (`onnxpress.ir.external`): no copy of the weights is made, and the proto
+                stays small whatever the model's size (shape inference, `save`, `copy`).
+        """
         self.graph.ir_version = self.ir_version
         self.graph.opset = self.opsets.get("", self.graph.opset)
         opset_imports = [onnx.helper.make_opsetid(d, v) for d, v in sorted(self.opsets.items())]
-        fidelity.repack_subbyte_constants(self.graph)
+        fidelity.encodable(self.graph)
+        external.defer_arrays(self.graph)
         proto = gs.export_onnx(self.graph, do_type_check=False, opset_imports=opset_imports)
         # Intermediate shapes are annotations that rewrites (pruning, reshaping) can make stale,
         # and a stale value_info makes onnxruntime reject the model; runtimes re-infer them.
@@ -126,11 +156,17 @@ class Model:
         if self.pipeline:
             metadata[PIPELINE_KEY] = json.dumps({"version": __version__, "passes": self.pipeline})
         onnx.helper.set_model_props(proto, metadata)
+        proto.training_info.extend(fidelity.valid_training_info(self.training_info, proto))
+        if weights:
+            external.materialize(proto)
         return proto
 
     def copy(self) -> Model:
         """A deep copy: no node, tensor or weight array is shared with this model."""
-        return Model.from_onnx(self.to_onnx(), source=self.source)
+        clone = Model.from_onnx(self.to_onnx(weights=False), source=self.source)
+        external.reattach(clone.graph)
+        clone.source_files = self.source_files
+        return clone
 
     def adopt(self, other: Model) -> None:
         """Take over `other`'s graph and opsets (a pass that searched over trial copies
@@ -168,7 +204,13 @@ class Model:
 
     def constant(self, hint: str, values: np.ndarray) -> gs.Constant:
         """A new initializer with a fresh name (the array is copied, never shared)."""
-        return gs.Constant(self.fresh_name(hint), np.array(values, copy=True))
+        values = np.array(values, copy=True)
+        if values.nbytes >= LARGE:
+            # gs tensors sit in reference cycles (their link lists point back at them), so a
+            # weight a rewrite replaced is freed only by the cycle collector; collecting when
+            # a large one is made keeps at most the one being replaced alive.
+            gc.collect()
+        return gs.Constant(self.fresh_name(hint), values)
 
     def node(self, op: str, inputs: list, outputs: list, *, hint: str | None = None,
              attrs: dict | None = None, domain: str | None = None) -> gs.Node:
@@ -206,8 +248,8 @@ class Model:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the initializers (what dominates the file size)."""
-        return sum(int(c.values.nbytes) for c in self.constants())
+        """Bytes of the initializers (what dominates the file size); lazy values stay unread."""
+        return sum(fidelity.nbytes(c) for c in self.constants())
 
     def __len__(self) -> int:
         """Number of nodes in the main graph."""

@@ -18,9 +18,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from onnxpress.errors import PassError
+from onnxpress.progress import Progress, no_progress
 
 if TYPE_CHECKING:
     from onnxpress.ir.model import Model
+    from onnxpress.passes.calibrate.table import CalibrationTable
+    from onnxpress.passes.manager import PassManager
+    from onnxpress.report import PassRecord
     from onnxpress.runtime.data import DataSource
     from onnxpress.targets import Target
 
@@ -33,11 +37,6 @@ class PassResult:
 
     changed: bool
     stats: Mapping[str, Any] = field(default_factory=dict)
-
-
-def no_progress(description: str, total: int | None = None) -> Callable[[int], None]:
-    """The default progress sink: ignores progress reports."""
-    return lambda advance=1: None
 
 
 @dataclass
@@ -54,15 +53,31 @@ class Context:
             user's input, which is never modified), so a pipeline that needs no teacher never
             holds a second copy of a large model.
         progress: ``progress(description, total)`` returns an ``advance(n=1)`` callback; the
-            CLI draws rich progress bars with it.
+            CLI draws rich progress bars with it (`onnxpress.progress`).
+        manager: The `PassManager` running the pipeline; `run` hands nested passes to it.
     """
 
     target: Target
     data: DataSource | None = None
-    calibration: Any = None
+    calibration: CalibrationTable | None = None
     reference: Model | None = None
-    progress: Callable[..., Callable[[int], None]] = no_progress
+    progress: Progress = no_progress
     reference_loader: Callable[[], Model] | None = None
+    manager: PassManager | None = None
+
+    def run(self, p: Pass, model: Model) -> PassRecord:
+        """Run `p` on `model` through the pipeline's one entry point (requires, run,
+        invalidate, verify, record, instruments), nested under the pass that calls this.
+
+        Composite passes and searches run their inner passes this way, never with `run()`
+        directly. Outside a pipeline (a pass's `run` called by hand) a manager that only
+        checks structure is made for the purpose.
+        """
+        if self.manager is None:
+            from onnxpress.passes.manager import PassManager
+
+            self.manager = PassManager([])
+        return self.manager.run_one(p, model, self)
 
     def teacher(self) -> Model | None:
         """The untouched input model (loaded once, on first use), or None if there is none."""
@@ -79,14 +94,14 @@ class Pass:
         exact: Whether the pass preserves outputs within float tolerance.
         preserves: Analyses (functions) still valid after the pass changes the model.
         rtol, atol: Tolerance of numeric verification for an exact pass.
-        gauges: Stats that describe the model rather than count work done (composite passes
-            keep their last value instead of summing them over rounds).
+        composite: Every change the pass makes is made by the passes it runs through
+            `Context.run` on the same model, each verified on its own (`passes.sequence`).
     """
 
     name: ClassVar[str]
     exact: ClassVar[bool] = True
     preserves: ClassVar[frozenset] = frozenset()
-    gauges: ClassVar[frozenset[str]] = frozenset()
+    composite: ClassVar[bool] = False
     rtol: ClassVar[float] = 1e-4
     atol: ClassVar[float] = 1e-5
 
@@ -169,11 +184,40 @@ def resolve(spec: Pass | str) -> Pass:
         if not sep:
             raise PassError(f"pass '{name}': option '{setting}' is not key=value")
         options[key.strip()] = _literal(text.strip())
+    _check_option_types(cls, name, options)
     try:
         return cls(**options)
     except TypeError as e:
         fields = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
         raise PassError(f"pass '{name}': {e}; its options are {fields}") from None
+
+
+def _check_option_types(cls: type[Pass], name: str, options: dict[str, Any]) -> None:
+    """Raise `PassError` when a value's kind differs from its field's default's.
+
+    Command-line values that are not literals arrive as strings; without this, `sparsity=abc`
+    would fail deep in the pass with Python's comparison error.
+    """
+    if not dataclasses.is_dataclass(cls):
+        return
+    for f in dataclasses.fields(cls):
+        if f.name not in options:
+            continue
+        default = (f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                   if f.default_factory is not dataclasses.MISSING else None)
+        value = options[f.name]
+        if isinstance(default, bool):
+            ok, expected = isinstance(value, bool), "True or False"
+        elif isinstance(default, int | float):
+            ok, expected = isinstance(value, int | float) and not isinstance(value, bool), \
+                "a number"
+        elif isinstance(default, tuple | list | frozenset):
+            ok, expected = isinstance(value, tuple | list | str), "a list, e.g. ('a', 'b')"
+        else:
+            continue
+        if not ok:
+            raise PassError(f"pass '{name}': option '{f.name}' expected {expected}, got "
+                            f"{value!r}")
 
 
 def _literal(text: str) -> Any:

@@ -1,11 +1,14 @@
 """`PassManager`: runs passes and does the bookkeeping so passes don't.
 
-For each pass: check its preconditions, time it, and — if it changed the model — drop the
-analyses it did not preserve, verify the graph's structure (default) and, with
-``verify="numeric"``, check that an exact pass kept the outputs within its tolerance
-(onnxruntime on a few samples; the "after" outputs of one pass are the "before" of the next).
-Every run is recorded in a `Report` (time, changed, stats, nodes and bytes before/after).
-Errors name the pass and the passes that ran before it.
+`run_one` is the one entry point of every pass run, top-level or nested: check its
+preconditions, time it, and — if it changed the model — drop the analyses it did not
+preserve, verify the graph's structure (default) and, with ``verify="numeric"``, check that an
+exact pass kept the outputs within its tolerance (onnxruntime on a few samples; the "after"
+outputs of one pass are the "before" of the next). Every run is recorded as a `PassRecord`
+(time, changed, stats, nodes and bytes before/after). A composite pass runs its children
+through `Context.run`, which comes back here: their records nest in the composite's, each
+child is verified on its own (so the composite itself needs no second check), and an error
+names the innermost pass, the composite it ran in and the passes that ran before.
 
 Instruments observe the run through ``before(pass, model, ctx)`` and
 ``after(pass, model, ctx, record)``: `DumpAfterEach` writes the model after each pass.
@@ -15,9 +18,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -25,59 +28,12 @@ from onnxpress.errors import OnnxpressError, PassError, VerificationError
 from onnxpress.ir.model import Model
 from onnxpress.ir.verify import check_structure
 from onnxpress.passes.base import Context, Pass
+from onnxpress.report import PassRecord, Report
 
 Verify = Literal["off", "structure", "numeric"]
 
 #: Samples used for numeric verification.
 NUMERIC_SAMPLES = 2
-
-
-@dataclass(frozen=True)
-class PassRecord:
-    """One pass run, as the report shows it."""
-
-    name: str
-    options: dict[str, Any]
-    changed: bool
-    seconds: float
-    stats: dict[str, Any]
-    nodes_before: int
-    nodes_after: int
-    bytes_before: int
-    bytes_after: int
-
-
-@dataclass
-class Report:
-    """The records of a pipeline run, in order."""
-
-    records: list[PassRecord] = field(default_factory=list)
-
-    def names(self) -> list[str]:
-        """Names of the passes that ran, in order."""
-        return [r.name for r in self.records]
-
-    def __getitem__(self, name: str) -> PassRecord:
-        """The last record of the pass called `name`."""
-        for record in reversed(self.records):
-            if record.name == name:
-                return record
-        raise KeyError(name)
-
-    def table(self) -> str:
-        """A Markdown table: one row per pass."""
-        rows = ["| pass | changed | time (s) | nodes | bytes | stats |",
-                "|---|---|---:|---|---|---|"]
-        for r in self.records:
-            stats = ", ".join(f"{k}={_fmt(v)}" for k, v in r.stats.items())
-            rows.append(f"| {r.name} | {'yes' if r.changed else 'no'} | {r.seconds:.3f} | "
-                        f"{r.nodes_before} → {r.nodes_after} | {r.bytes_before:,} → "
-                        f"{r.bytes_after:,} | {stats} |")
-        return "\n".join(rows)
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 class Instrument(Protocol):
@@ -118,49 +74,85 @@ class PassManager:
         self.passes = list(passes)
         self.verify = verify
         self.instruments = list(instruments)
+        self.report = Report()
+        self._numeric: _NumericCheck | None = None
+        #: Names of the passes running now, outermost first, and the records of the
+        #: children each has run so far.
+        self._running: list[tuple[str, list[PassRecord]]] = []
 
     def run(self, model: Model, ctx: Context, report: Report | None = None) -> Report:
         """Run every pass on `model` in place and return the report."""
-        report = report if report is not None else Report()
-        numeric = _NumericCheck(ctx) if self.verify == "numeric" else None
+        self.report = report if report is not None else Report()
+        self._numeric = _NumericCheck(ctx) if self.verify == "numeric" else None
+        ctx.manager = self
         for p in self.passes:
-            self.run_one(p, model, ctx, report, numeric)
-        return report
+            self.run_one(p, model, ctx)
+        return self.report
 
-    def run_one(self, p: Pass, model: Model, ctx: Context, report: Report,
-                numeric: _NumericCheck | None = None) -> PassRecord:
-        """Run a single pass with the manager's bookkeeping and append its record."""
-        where = f"pass '{p.name}'" + (f" (after {', '.join(report.names())})"
-                                      if report.records else "")
+    def run_one(self, p: Pass, model: Model, ctx: Context) -> PassRecord:
+        """Run one pass with the manager's bookkeeping and record it — at the top level, or
+        under the pass running now when a composite calls it (through `Context.run`)."""
+        siblings = self._running[-1][1] if self._running else self.report.records
         for instrument in self.instruments:
             instrument.before(p, model, ctx)
         nodes_before, bytes_before = len(model), model.nbytes
+        numeric = self._numeric if p.exact and not p.composite else None
+        children: list[PassRecord] = []
+        self._running.append((p.name, children))
         start = time.perf_counter()
         try:
             p.requires(model, ctx)
-            if numeric is not None and p.exact:
+            if numeric is not None:
                 numeric.remember(model)
             result = p.run(model, ctx)
         except OnnxpressError as e:
-            raise type(e)(f"{where}: {e}") from e
+            if getattr(e, "pass_name", None):  # a nested pass already said where it failed
+                raise
+            raise self._attributed(type(e)(f"{self._where(p)}: {e}"), p) from e
         except Exception as e:
-            raise PassError(f"{where} failed: {type(e).__name__}: {e}") from e
+            raise self._attributed(
+                PassError(f"{self._where(p)} failed: {type(e).__name__}: {e}"), p) from e
+        finally:
+            self._running.pop()
         seconds = time.perf_counter() - start
-        if result.changed:
+        verified = ""
+        if result.changed and not p.composite:  # a composite's children were verified each
             model.invalidate(keep=p.preserves)
             if self.verify != "off":
                 check_structure(model, after=p.name)
-            if numeric is not None and p.exact:
+                verified = "structure"
+            if numeric is not None:
                 numeric.check(model, p)
-            elif numeric is not None:
-                numeric.forget()
+                verified = "numeric"
+        if result.changed and not p.exact and self._numeric is not None:
+            self._numeric.forget()
         record = PassRecord(p.name, p.options(), result.changed, seconds, dict(result.stats),
-                            nodes_before, len(model), bytes_before, model.nbytes)
-        report.records.append(record)
-        model.pipeline.append({"name": p.name, "options": record.options})
+                            nodes_before, len(model), bytes_before, model.nbytes,
+                            tuple(children), verified)
+        siblings.append(record)
+        if not self._running:
+            model.pipeline.append({"name": p.name, "options": record.options})
         for instrument in self.instruments:
             instrument.after(p, model, ctx, record)
         return record
+
+    @property
+    def depth(self) -> int:
+        """How many passes are running now: 0 in the hooks of a top-level pass, 1 in those of a
+        pass a top-level composite runs, and so on."""
+        return len(self._running)
+
+    def _where(self, p: Pass) -> str:
+        """``pass 'fuse-batchnorm' in 'fuse' (after cleanup)``: the pass, the composites it
+        runs in, and the top-level passes that ran before."""
+        inside = "".join(f" in '{name}'" for name, _ in reversed(self._running[:-1]))
+        before = self.report.names()
+        return f"pass '{p.name}'{inside}" + (f" (after {', '.join(before)})" if before else "")
+
+    @staticmethod
+    def _attributed(error: OnnxpressError, p: Pass) -> OnnxpressError:
+        error.pass_name = p.name
+        return error
 
 
 class _NumericCheck:
@@ -172,12 +164,12 @@ class _NumericCheck:
         self.expected: list[list[np.ndarray]] | None = None
 
     def _outputs(self, model: Model) -> list[list[np.ndarray]]:
-        from onnxpress.runtime.data import DataSource
+        from onnxpress.runtime.data import DataSource, batch_size_for
         from onnxpress.runtime.session import session
 
         if self.feeds is None:
             source = self.ctx.data if self.ctx.data is not None else DataSource.random(model)
-            self.feeds = source.take(NUMERIC_SAMPLES)
+            self.feeds = source.take(NUMERIC_SAMPLES, batch_size_for(model, source, 1))
         # Exactness is a property of the graph, not the provider: check on the CPU, which is
         # always there (a tensorrt pipeline can be compiled on a machine without a GPU).
         sess = session(model, "cpu", optimize=False)

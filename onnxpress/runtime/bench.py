@@ -28,7 +28,7 @@ import numpy as np
 from onnxpress.errors import DataError
 from onnxpress.ir.io import ModelLike, load
 from onnxpress.ir.model import Model
-from onnxpress.passes.base import no_progress
+from onnxpress.progress import no_progress
 from onnxpress.runtime.data import DataSource, Feeds, as_data_source, input_specs
 from onnxpress.runtime.session import session
 from onnxpress.targets import Target

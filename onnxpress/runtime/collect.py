@@ -30,7 +30,13 @@ import onnx_graphsurgeon as gs
 from onnxpress.errors import DataError
 from onnxpress.ir import analyses
 from onnxpress.ir.model import Model
-from onnxpress.runtime.data import DataSource, Feeds, as_data_source, input_specs
+from onnxpress.runtime.data import (
+    DataSource,
+    Feeds,
+    as_data_source,
+    batch_size_for,
+    input_specs,
+)
 from onnxpress.runtime.session import session
 from onnxpress.targets import Target
 
@@ -55,6 +61,7 @@ class Collected:
 
 def collect(model: Model, tensors: Sequence[str], data: Any, observers: Mapping[str, Any], *,
             target: Target | str = "cpu", batch_size: int = 32, max_outputs: int | None = None,
+            max_bytes: int | None = None,
             progress: Callable[..., Callable[[int], None]] | None = None) -> Collected:
     """Feed every batch of `data` through `model` and each tensor in `tensors` to its observer.
 
@@ -67,6 +74,10 @@ def collect(model: Model, tensors: Sequence[str], data: Any, observers: Mapping[
         batch_size: Samples per batch for array sources (iterables bring their own batches).
             A model whose inputs fix the batch dimension gets that size instead.
         max_outputs: At most this many tensors per probe (None: one probe for all).
+        max_bytes: Bound on the bytes of tensors one probe run fetches (None: no bound). The
+            fetched bytes per sample are measured on one sample of an array source first;
+            then the batch shrinks, and tensors are split over several probes when a single
+            sample's exceed the bound (`plan_memory`). Iterables keep their own batches.
         progress: ``progress(description, total)`` returning ``advance(n)``
             (`onnxpress.passes.Context.progress`); advanced once per batch.
 
@@ -87,10 +98,15 @@ def collect(model: Model, tensors: Sequence[str], data: Any, observers: Mapping[
     _check_tensors(model, tensors, observers)
     # Up front so bad data fails before any probe is built; batches are checked again below.
     source = as_data_source(data, model)
-    batch_size = _batch_size(model, source, batch_size)
+    batch_size = batch_size_for(model, source, batch_size)
     inputs = {spec.name for spec in input_specs(model)}
     step = max_outputs or max(len(tensors), 1)
     groups = [tensors[i:i + step] for i in range(0, len(tensors), step)] or [[]]
+    if max_bytes is not None and source.arrays is not None:
+        sizes = _bytes_per_sample(model, [t for t in tensors if t not in inputs], source,
+                                  target)
+        batch_size, groups = plan_memory(tensors, sizes, max_bytes, batch_size, groups)
+        batch_size = batch_size_for(model, source, batch_size)
     total = (math.ceil(len(source) / batch_size) * len(groups) if source.arrays is not None
              else None)
     advance = (progress(f"collect {len(tensors)} tensors", total) if progress is not None
@@ -141,6 +157,43 @@ def _stream(sess: ort.InferenceSession | None, fetch: list[str], fed: Sequence[s
     return samples, batches
 
 
+def plan_memory(tensors: Sequence[str], sizes: Mapping[str, float], max_bytes: int,
+                batch_size: int, groups: list[list[str]]) -> tuple[int, list[list[str]]]:
+    """Batch size and probe groups that keep one run's fetched bytes under `max_bytes`.
+
+    With ``B`` bytes per sample over a group, a batch holds ``max_bytes // B`` samples (at
+    least 1, at most `batch_size`). When even one sample of a group is over the bound the
+    tensors are packed greedily into groups of at most `max_bytes` per sample (a tensor
+    larger than that alone gets a group of its own: one sample of it is the floor).
+    """
+    per_sample = max((sum(sizes.get(t, 0.0) for t in g) for g in groups), default=0.0)
+    if per_sample > max_bytes:
+        groups, current, used = [], [], 0.0
+        for name in tensors:
+            size = sizes.get(name, 0.0)
+            if current and used + size > max_bytes:
+                groups.append(current)
+                current, used = [], 0.0
+            current.append(name)
+            used += size
+        groups.append(current)
+        per_sample = max(sum(sizes.get(t, 0.0) for t in g) for g in groups)
+    fitting = int(max_bytes // per_sample) if per_sample else batch_size
+    return max(1, min(batch_size, fitting)), groups
+
+
+def _bytes_per_sample(model: Model, fetch: Sequence[str], source: DataSource,
+                      target: Target | str) -> dict[str, float]:
+    """Bytes per sample of each fetched tensor, measured on the source's first batch of one
+    sample (of the model's fixed batch size, if it has one)."""
+    if not fetch:
+        return {}
+    feeds = next(iter(source.batches(batch_size_for(model, source, 1))))
+    values = session(_probe(model, fetch), target, optimize=False).run(list(fetch), feeds)
+    samples = max(_samples(feeds), 1)
+    return {name: v.nbytes / samples for name, v in zip(fetch, values, strict=True)}
+
+
 def _check_tensors(model: Model, tensors: Sequence[str], observers: Mapping[str, Any]) -> None:
     """Every tensor must be a main-graph activation with an observer."""
     known = model.graph.tensors()
@@ -154,16 +207,6 @@ def _check_tensors(model: Model, tensors: Sequence[str], observers: Mapping[str,
                              "values are known without running the model")
         if name not in observers:
             raise ValueError(f"no observer for tensor '{name}'")
-
-
-def _batch_size(model: Model, source: DataSource, requested: int) -> int:
-    """A batch axis the model's inputs fix overrides the request (array sources only)."""
-    fixed = {spec.shape[0] for spec in input_specs(model) if spec.shape}
-    if source.arrays is not None and len(fixed) == 1:
-        (size,) = fixed
-        if isinstance(size, int):
-            return size
-    return requested
 
 
 def _probe(model: Model, names: Sequence[str]) -> Model:

@@ -33,8 +33,8 @@ from rich.table import Table
 
 from onnxpress.errors import DataError, VerificationError
 from onnxpress.ir.io import ModelLike, load
-from onnxpress.passes.base import no_progress
-from onnxpress.runtime.data import Feeds, as_data_source
+from onnxpress.progress import no_progress
+from onnxpress.runtime.data import Feeds, as_data_source, batch_size_for
 from onnxpress.runtime.session import session
 from onnxpress.targets import Target
 
@@ -108,7 +108,7 @@ class Comparison:
         return table
 
 
-class _Accumulator:
+class OutputAccumulator:
     """Running sums for one output pair; memory independent of the number of batches."""
 
     def __init__(self, name: str) -> None:
@@ -194,7 +194,8 @@ def compare(reference: ModelLike, candidate: ModelLike, data, *, target: Target 
         labels: Integer class per sample (aligned with the data's samples along axis 0, shaped
             like the first output without its last axis) to score both models' accuracy.
         max_batches: Compare only the first batches.
-        batch_size: Samples per batch for array sources (iterables keep their own batches).
+        batch_size: Samples per batch for array sources (iterables keep their own batches);
+            a batch size the reference's inputs fix overrides it.
         progress: ``progress(description, total)`` returning ``advance(n=1)``, called per
             batch.
 
@@ -219,7 +220,8 @@ def compare(reference: ModelLike, candidate: ModelLike, data, *, target: Target 
         labels = np.asarray(labels)
         if not np.issubdtype(labels.dtype, np.integer):
             raise DataError(f"labels must be integer class indices, not {labels.dtype}")
-    accumulators = [_Accumulator(r if r == c else f"{r} / {c}")
+    batch_size = batch_size_for(reference, source, batch_size)
+    accumulators = [OutputAccumulator(r if r == c else f"{r} / {c}")
                     for r, c in zip(ref_names, cand_names, strict=True)]
     ref_sess, cand_sess = session(reference, target), session(candidate, target)
     total = None if source.arrays is None else math.ceil(len(source) / batch_size)

@@ -13,12 +13,15 @@ gave it; iterables are consumed lazily, one feed dict at a time.
 from __future__ import annotations
 
 import itertools
+import math
 import os
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from onnxpress.errors import DataError
@@ -37,9 +40,25 @@ class InputSpec:
 
 
 def input_specs(model: Model) -> list[InputSpec]:
-    """The model's real inputs (initializers listed as inputs are not inputs to feed)."""
-    return [InputSpec(t.name, np.dtype(t.dtype), tuple(_dim(d) for d in (t.shape or ())))
+    """The model's real inputs (initializers listed as inputs are not inputs to feed).
+
+    Raises:
+        DataError: an input's element type has no numpy equivalent onnxruntime can be fed
+            (bfloat16, float8, 4-bit), so no data can be given for it from Python.
+    """
+    return [InputSpec(t.name, _numpy_dtype(t), tuple(_dim(d) for d in (t.shape or ())))
             for t in model.graph.inputs if isinstance(t, gs.Variable)]
+
+
+def _numpy_dtype(tensor: gs.Variable) -> np.dtype:
+    try:
+        return np.dtype(tensor.dtype)
+    except TypeError:  # gs keeps types numpy lacks as their ONNX codes
+        name = (onnx.TensorProto.DataType.Name(tensor.dtype).lower()
+                if tensor.dtype in onnx.TensorProto.DataType.values() else str(tensor.dtype))
+        raise DataError(f"input '{tensor.name}' is {name}, which onnxruntime's Python API "
+                        "cannot be fed; add a Cast from a numpy type (float32) in front of "
+                        "it") from None
 
 
 def _dim(d) -> int | str | None:
@@ -89,14 +108,20 @@ class DataSource:
         if not path.is_file():
             raise DataError(f"{path}: no such file")
         try:
-            loaded = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as e:
+            with zipfile.ZipFile(path) as archive:
+                arrays = {}
+                for info in archive.infolist():
+                    with archive.open(info) as f:
+                        _check_npy_header(f, info.file_size, f"{path}: member '{info.filename}'")
+                    with archive.open(info) as f:
+                        arrays[info.filename.removesuffix(".npy")] = np.lib.format.read_array(
+                            f, allow_pickle=False)
+        except zipfile.BadZipFile as e:
+            if zipfile.is_zipfile(path):
+                raise DataError(f"{path}: a corrupt .npz file ({e})") from None
+            raise _not_npz(path) from None
+        except (ValueError, OSError, EOFError, zipfile.LargeZipFile) as e:
             raise DataError(f"{path}: not a readable .npz file ({e})") from None
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise DataError(f"{path}: a single array, not a .npz keyed by input names; "
-                            "save it with np.savez(path, **{input_name: array})")
-        with loaded as npz:
-            arrays = {k: npz[k] for k in npz.files}
         return cls(arrays=arrays, origin=str(path))
 
     @classmethod
@@ -106,10 +131,15 @@ class DataSource:
         files = sorted(path.glob("*.npy"))
         if not files:
             raise DataError(f"{path}: no .npy files in the folder")
-        try:
-            arrays = {f.stem: np.load(f, allow_pickle=False) for f in files}
-        except (ValueError, OSError) as e:
-            raise DataError(f"{path}: a .npy file cannot be read ({e})") from None
+        arrays = {}
+        for file in files:
+            try:
+                with open(file, "rb") as f:
+                    _check_npy_header(f, file.stat().st_size, str(file))
+                    f.seek(0)
+                    arrays[file.stem] = np.lib.format.read_array(f, allow_pickle=False)
+            except (ValueError, OSError, EOFError) as e:
+                raise DataError(f"{file}: not a readable .npy file ({e})") from None
         return cls(arrays=arrays, origin=str(path))
 
     @classmethod
@@ -145,6 +175,9 @@ class DataSource:
                 shape = tuple(dims)
             if not shape:
                 raise DataError(f"input '{spec.name}' is a scalar; give data for it")
+            if math.prod(shape) * spec.dtype.itemsize > RANDOM_LIMIT:
+                raise DataError(f"input '{spec.name}' declares shape {shape}, too large for "
+                                "random data (over 1 GiB per sample); give real inputs")
             arrays[spec.name] = [_random(rng, spec.dtype, shape) for _ in range(n)]
         if all(a[0].shape[0] == 1 for a in arrays.values()):
             return cls(arrays={k: np.concatenate(v) for k, v in arrays.items()},
@@ -177,10 +210,10 @@ class DataSource:
         if empty:
             raise DataError(f"{self.origin}: no samples")
 
-    def take(self, n: int) -> list[Feeds]:
-        """The first `n` feeds of batch size 1 (or of the iterable's batches)."""
+    def take(self, n: int, batch_size: int = 1) -> list[Feeds]:
+        """The first `n` feeds of `batch_size` samples (or of the iterable's batches)."""
         taken = []
-        for feed in self.batches(1):
+        for feed in self.batches(batch_size):
             taken.append(feed)
             if len(taken) == n:
                 break
@@ -207,12 +240,68 @@ class DataSource:
             if array.ndim != len(spec.shape):
                 raise DataError(f"{self.origin}: input '{name}' has shape {array.shape}, the "
                                 f"model expects rank {len(spec.shape)} {spec.shape}")
-            for axis, (got, want) in enumerate(zip(array.shape, spec.shape)):
+            for axis, (got, want) in enumerate(zip(array.shape, spec.shape, strict=True)):
                 # Axis 0 of array sources counts samples; batches take the model's size there.
                 if isinstance(want, int) and got != want and not (axis == 0 and self.arrays):
                     raise DataError(f"{self.origin}: input '{name}' has shape {array.shape}, "
                                     f"the model expects {spec.shape} (axis {axis})")
         return self
+
+
+#: Random data is made for inputs of at most this many bytes per sample.
+RANDOM_LIMIT = 1 << 30
+
+
+def _not_npz(path: Path) -> DataError:
+    if path.read_bytes()[:6] == b"\x93NUMPY":
+        return DataError(f"{path}: a single array, not a .npz keyed by input names; save it "
+                         "with np.savez(path, **{input_name: array})")
+    return DataError(f"{path}: not a .npz file (not a zip archive); save the data with "
+                     "np.savez(path, **{input_name: array})")
+
+
+def _check_npy_header(f, size: int, where: str) -> None:
+    """Refuse, before reading any data, a member that is not a plain array of `size` bytes.
+
+    Object arrays would need unpickling, which would let the file run code: never done. A
+    header declaring more elements than the bytes present (2^40 in a few bytes) is refused
+    instead of allocating what it declares.
+    """
+    try:
+        version = np.lib.format.read_magic(f)
+        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read(f)
+    except (ValueError, EOFError, OSError) as e:
+        raise DataError(f"{where}: not a .npy array ({e or 'empty'})") from None
+    if dtype.hasobject:
+        raise DataError(f"{where}: holds pickled Python objects; onnxpress never unpickles "
+                        "data files: save plain numeric arrays")
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > size:
+        raise DataError(f"{where}: declares shape {shape} ({declared:,} bytes) but holds "
+                        f"{size:,} bytes; the file is truncated or crafted")
+
+
+def batch_size_for(model: Model, source: DataSource, requested: int) -> int:
+    """The batch size to slice an array source with for `model`.
+
+    A batch axis the model's inputs fix (all to the same size) overrides the request, since
+    onnxruntime accepts no other; iterables bring their own batches.
+
+    Raises:
+        DataError: the samples cannot be cut into batches of the fixed size.
+    """
+    fixed = {spec.shape[0] for spec in input_specs(model) if spec.shape}
+    if source.arrays is None or len(fixed) != 1:
+        return requested
+    (size,) = fixed
+    if not isinstance(size, int):
+        return requested
+    if len(source) % size:
+        raise DataError(f"{source.origin}: the model fixes the batch dimension at {size}, so "
+                        f"the {len(source)} samples must be a multiple of {size}")
+    return size
 
 
 def _random(rng: np.random.Generator, dtype: np.dtype, shape: tuple) -> np.ndarray:

@@ -40,6 +40,9 @@ class FusionReport:
 
     fused: Counter = field(default_factory=Counter)
     unfused: Counter = field(default_factory=Counter)
+    #: Names of the float compute nodes still reading a DequantizeLinear output (onnxruntime
+    #: keeps the names of the nodes it leaves alone), so a quantizer can keep them float.
+    unfused_nodes: tuple[str, ...] = ()
 
     @property
     def ratio(self) -> float:
@@ -71,7 +74,7 @@ def fusion_report(model: ModelLike, target: Target | str = "cpu") -> FusionRepor
 
 def _count(graph: onnx.GraphProto) -> FusionReport:
     producers = {out: node for node in graph.node for out in node.output}
-    fused, unfused = Counter(), Counter()
+    fused, unfused, names = Counter(), Counter(), []
     for node in graph.node:
         if node.op_type in INT8_KERNELS:
             fused[node.op_type] += 1
@@ -79,7 +82,8 @@ def _count(graph: onnx.GraphProto) -> FusionReport:
                 producers.get(i) is not None and producers[i].op_type == "DequantizeLinear"
                 and _dequantizes_activation(producers[i], producers) for i in node.input):
             unfused[node.op_type] += 1
-    return FusionReport(fused, unfused)
+            names.append(node.name)
+    return FusionReport(fused, unfused, tuple(names))
 
 
 def _dequantizes_activation(dq: onnx.NodeProto, producers: dict) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -45,7 +47,14 @@ def _facts(proto: onnx.ModelProto) -> dict:
 
 
 def _files(folder) -> list[str]:
-    return sorted(os.listdir(folder))
+    """File names in `folder`, data files shown as ``<model>.<hash>.data``."""
+    return sorted(re.sub(r"\.[0-9a-f]{16}\.data$", ".<hash>.data", n) for n in os.listdir(folder))
+
+
+def _data_file(model_path) -> Path:
+    """The one external data file saved beside `model_path`."""
+    (found,) = Path(model_path).parent.glob(Path(model_path).name + ".*.data")
+    return found
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,13 +274,14 @@ def test_invalid_model_fails_the_checker(tmp_path):
 
 def test_missing_external_data_file(tmp_path):
     path = ZOO["gemm"]().save(tmp_path / "m.onnx", external_data=True)
-    (tmp_path / "m.onnx.data").unlink()
-    assert "m.onnx.data" in str(_load_error(path))
+    data = _data_file(path)
+    data.unlink()
+    assert data.name in str(_load_error(path))
 
 
 def test_truncated_external_data_file(tmp_path):
     path = ZOO["gemm"]().save(tmp_path / "m.onnx", external_data=True)
-    data = tmp_path / "m.onnx.data"
+    data = _data_file(path)
     data.write_bytes(data.read_bytes()[:10])
     assert "m.onnx" in str(_load_error(path))
 
@@ -287,7 +297,7 @@ def test_non_model_object(thing):
 def test_save_leaves_no_temporary_files(tmp_path):
     assert ZOO["conv_bn_relu"]().save(tmp_path / "a.onnx") == tmp_path / "a.onnx"
     ZOO["gemm"]().save(tmp_path / "b.onnx", external_data=True)
-    assert _files(tmp_path) == ["a.onnx", "b.onnx", "b.onnx.data"]
+    assert _files(tmp_path) == ["a.onnx", "b.onnx", "b.onnx.<hash>.data"]
 
 
 def _broken(model: ox.Model) -> ox.Model:
@@ -349,7 +359,7 @@ def test_save_refuses_to_overwrite_source(tmp_path, monkeypatch):
 def test_save_external_data(tmp_path):
     model = ZOO["gemm"]()  # a 10x48 float weight: 1920 bytes, above the 1 KiB threshold
     path = model.save(tmp_path / "big.onnx", external_data=True)
-    data = tmp_path / "big.onnx.data"
+    data = _data_file(path)
     assert data.is_file() and data.stat().st_size >= 10 * 48 * 4
     assert path.stat().st_size < 10 * 48 * 4
     proto = onnx.load(str(path), load_external_data=False)
@@ -363,7 +373,7 @@ def test_save_external_data(tmp_path):
 def test_save_external_data_with_only_small_tensors(tmp_path):
     model = ZOO["conv_bn_relu"]()  # largest tensor: 4x3x3x3 floats = 432 bytes
     path = model.save(tmp_path / "small.onnx", external_data=True)
-    assert set(_files(tmp_path)) <= {"small.onnx", "small.onnx.data"}
+    assert set(_files(tmp_path)) <= {"small.onnx", "small.onnx.<hash>.data"}
     assert_same_outputs(model, ox.load(path), feed_list(model), rtol=0, atol=0)
 
 
@@ -394,3 +404,87 @@ def test_save_appends_to_a_recorded_pipeline(tmp_path):
 def test_save_without_passes_records_no_pipeline(tmp_path):
     path = ZOO["gemm"]().save(tmp_path / "m.onnx")
     assert PIPELINE_KEY not in {p.key for p in onnx.load(str(path)).metadata_props}
+
+
+# --------------------------------------------------------------------------------------------
+# Large models: weights stay in their files until read; no proto holds them (issue 11, 7-8)
+def _mlp(tmp_path, external_data: bool):
+    """A 3-layer MLP with 1 MiB weights, saved as one file or with external data."""
+    rng = np.random.default_rng(0)
+    w = {f"w{i}": rng.standard_normal((512, 512)).astype(np.float32) for i in range(3)}
+    model = ox.testing.make_model('<ir_version: 8, opset_import: ["": 17]> g (float[2,512] x) '
+                                  "=> (float[2,512] y) { a = MatMul(x, w0) b = Relu(a) "
+                                  "c = MatMul(b, w1) d = Identity(c) y = MatMul(d, w2) }", **w)
+    return model.save(tmp_path / "mlp.onnx", external_data=external_data), w
+
+
+@pytest.mark.parametrize("external_data", [False, True], ids=["one file", "external data"])
+def test_load_reads_no_weight_until_a_pass_needs_it(tmp_path, external_data):
+    path, weights = _mlp(tmp_path, external_data)
+    model = ox.load(path)
+    assert model.nbytes == 3 * 512 * 512 * 4
+    # The exported structure is tiny: weights are stubs standing for the file's bytes.
+    assert model.to_onnx(weights=False).ByteSize() < 4096
+    assert all(type(c._values).__name__ == "Stored" for c in model.constants())
+    np.testing.assert_array_equal(next(iter(model.constants())).values, weights["w0"])
+    out = ox.optimize(model, ["cleanup"]).save(tmp_path / "out.onnx")
+    onnx.checker.check_model(str(out), full_check=True)
+    assert_same_outputs(path, out, rtol=0, atol=0)
+    reloaded = onnx.load(str(out))
+    assert {t.name: onnx.numpy_helper.to_array(t).tobytes() for t in reloaded.graph.initializer
+            } == {k: v.tobytes() for k, v in weights.items()}
+
+
+def test_writes_to_loaded_values_never_reach_the_file(tmp_path):
+    path, _ = _mlp(tmp_path, external_data=False)
+    before = path.read_bytes()
+    model = ox.load(path)
+    for c in model.constants():
+        c.values[...] = 0  # copy-on-write mapping: private to this process
+    assert path.read_bytes() == before
+    assert not any(c.values.any() for c in model.constants())
+    assert any(c.values.any() for c in ox.load(path).constants())
+
+
+def test_save_over_the_inline_source_keeps_lazy_weights_valid(tmp_path):
+    """The model reads its weights from the old file's inode even after it is replaced."""
+    path, weights = _mlp(tmp_path, external_data=False)
+    model = ox.load(path)
+    ox.optimize(path, ["cleanup"]).save(path, overwrite=True)
+    values = {c.name: c.values for c in model.constants()}  # read after the replacement
+    assert {k: v.tobytes() for k, v in values.items()} == {k: v.tobytes()
+                                                           for k, v in weights.items()}
+
+
+def test_past_the_protobuf_limit_saves_use_external_data_without_a_big_proto(tmp_path,
+                                                                            monkeypatch):
+    """With the limit lowered to 1 MiB, a 3 MiB model is a "> 2 GB" model: load, a pass and
+    save go through stubs and streamed data, and no message is ever serialized whole."""
+    from onnxpress.ir import io
+
+    path, _ = _mlp(tmp_path, external_data=False)
+    monkeypatch.setattr(io, "PROTOBUF_LIMIT", 1 << 20)
+    serialized = []
+    real = onnx.ModelProto.SerializeToString
+    monkeypatch.setattr(onnx.ModelProto, "SerializeToString",
+                        lambda self, **k: serialized.append(len(real(self, **k))) or real(
+                            self, **k))
+    model = ox.optimize(path, ["fuse"])
+    out = model.save(tmp_path / "big.onnx")
+    assert max(serialized) < 1 << 20
+    monkeypatch.undo()
+    assert _files(tmp_path) == ["big.onnx", "big.onnx.<hash>.data", "mlp.onnx"]
+    assert out.stat().st_size < 1 << 16
+    assert_same_outputs(path, out, rtol=1e-5, atol=1e-5)
+
+
+def test_a_copy_shares_no_array_but_the_read_only_file(tmp_path):
+    path, _ = _mlp(tmp_path, external_data=True)
+    model = ox.load(path)
+    first = next(iter(model.constants()))
+    first.values = first.values * 2  # an array in memory
+    clone = model.copy()
+    for c in clone.constants():
+        c.values[...] = 7
+    assert not (first.values == 7).any()
+    assert not any((c.values == 7).all() for c in model.constants())

@@ -7,7 +7,6 @@ import itertools
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-import pytest
 from zoo import ZOO, feed_list
 
 import onnxpress as ox

@@ -28,6 +28,7 @@ from onnxpress.passes import (
     Pass,
     PassManager,
     PassResult,
+    Sequence,
     base,
 )
 from onnxpress.runtime.data import DataSource
@@ -227,6 +228,7 @@ def test_numeric_verification_accepts_exact_passes_and_skips_lossy_ones():
               EliminateDeadCode()]
     report = PassManager(passes, verify="numeric").run(model, _ctx(model))
     assert [r.changed for r in report.records] == [True, True, False, False]
+    assert [r.verified for r in report.records] == ["numeric", "structure", "", ""]
 
 
 def test_numeric_verification_after_a_lossy_pass_compares_with_the_new_outputs():
@@ -235,7 +237,7 @@ def test_numeric_verification_after_a_lossy_pass_compares_with_the_new_outputs()
     # the scaled model, not with the original.
     passes = [LossyScaleWeights(), FoldConstants()]
     report = PassManager(passes, verify="numeric").run(model, _ctx(model))
-    assert report.records[1].changed
+    assert report.records[1].changed and report.records[1].verified == "numeric"
 
 
 def test_numeric_verification_without_data_on_a_batch_one_model():
@@ -355,3 +357,71 @@ def test_numeric_verification_runs_on_the_cpu_for_any_target():
     # Compiling for tensorrt on a machine without TensorRT must still verify exact passes.
     model = ox.optimize(ZOO["conv_bn_relu"](), ["fuse"], target="tensorrt", verify="numeric")
     assert model.report["fuse"].changed
+    changed = [r for _, r in model.report.walk() if r.changed and not r.children]
+    assert changed and all(r.verified == "numeric" for r in changed)
+
+
+# --------------------------------------------------------------------------------------------
+# Composition: nested passes run through the same entry point
+def test_nested_passes_are_recorded_under_their_composite():
+    model = ZOO["layernorm_decomposed"]()
+    report = PassManager([Sequence((FoldConstants(), "eliminate-dead-code"))]).run(
+        model, _ctx())
+    (record,) = report.records
+    assert record.name == "sequence" and record.changed and record.stats == {"rounds": 1}
+    assert [c.name for c in record.children] == ["fold-constants", "eliminate-dead-code"]
+    assert record.children[0].changed and record.children[0].verified == "structure"
+    assert record.verified == ""  # its children were checked; nothing to check twice
+    assert [p["name"] for p in model.pipeline] == ["sequence"]  # what the user asked for
+
+
+def test_nested_passes_are_verified_numerically_each():
+    model = ZOO["gemm"]()
+    with pytest.raises(VerificationError, match="exact pass 'test-scale-weights'"):
+        PassManager([Sequence((FoldConstants(), ScaleWeights()))], verify="numeric").run(
+            model, _ctx(model))
+
+
+def test_a_failure_inside_a_composite_names_the_inner_pass_and_the_composite():
+    model = ZOO["gemm"]()
+    with pytest.raises(PassError) as info:
+        PassManager([EliminateDeadCode(), Sequence((FoldConstants(), Raises()))]).run(
+            model, _ctx())
+    message = str(info.value)
+    assert message.startswith("pass 'test-raises' in 'sequence' (after eliminate-dead-code)")
+    assert "ZeroDivisionError: boom" in message and message.count("pass '") == 1
+
+
+def test_instruments_and_dumps_see_the_passes_inside_fuse(tmp_path):
+    model = ZOO["conv_bn_relu"]()
+    names = []
+
+    class Recorder:
+        def before(self, p, model, ctx):
+            names.append(p.name)
+
+        def after(self, p, model, ctx, record):
+            pass
+
+    PassManager([ox.passes.get("fuse")()],
+                instruments=[Recorder(), DumpAfterEach(tmp_path)]).run(model, _ctx())
+    assert names[:3] == ["fuse", "cleanup", "fold-constants"] and "fuse-batchnorm" in names
+    dumps = sorted(p.name for p in tmp_path.iterdir())
+    assert any(d.endswith("-fuse-batchnorm.onnx") for d in dumps) and len(dumps) >= 2
+
+
+def test_sequence_repeats_to_a_fixed_point_within_max_rounds():
+    model = ZOO["reshape"]()
+    record = _ctx().run(Sequence(("fold-constants", "eliminate-identity",
+                                  "eliminate-dead-code"), max_rounds=8), model)
+    assert record.changed and 2 <= record.stats["rounds"] < 8
+    last_round = record.children[-3:]
+    assert not any(c.changed for c in last_round)
+
+
+def test_a_pass_run_by_hand_still_runs_its_children_through_a_manager():
+    model = ZOO["conv_bn_relu"]()
+    ctx = _ctx()
+    result = ox.passes.get("fuse")().run(model, ctx)
+    assert result.changed and ctx.manager is not None
+    assert "fuse-batchnorm" in [r.name for _, r in ctx.manager.report.walk()]

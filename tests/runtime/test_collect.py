@@ -12,10 +12,9 @@ import pytest
 from onnxpress import demo
 from onnxpress.errors import DataError
 from onnxpress.ir import load
-from onnxpress.passes.calibrate import Histogram, MinMax, tensors_to_calibrate
-from onnxpress.runtime.collect import collect
+from onnxpress.passes.calibrate import Histogram, MinMax
+from onnxpress.runtime.collect import collect, plan_memory
 from onnxpress.runtime.data import DataSource
-from onnxpress.targets import get_target
 from onnxpress.testing import make_model
 
 IMAGES = demo.calibration_data().arrays["input"]
@@ -28,7 +27,8 @@ def digits():
 
 @pytest.fixture(scope="module")
 def tensors(digits):
-    return tensors_to_calibrate(digits, get_target("cpu"))
+    """The input and every node's output: 28 float activations."""
+    return ["input", *(node.outputs[0].name for node in digits.graph.nodes)]
 
 
 def observers(names, kind=MinMax):
@@ -45,7 +45,7 @@ def reference_outputs(names):
     sess = ort.InferenceSession(proto.SerializeToString(), options,
                                 providers=["CPUExecutionProvider"])
     fetch = [n for n in names if n != "input"]
-    return {"input": IMAGES, **dict(zip(fetch, sess.run(fetch, {"input": IMAGES})))}
+    return {"input": IMAGES, **dict(zip(fetch, sess.run(fetch, {"input": IMAGES}), strict=True))}
 
 
 def test_minmax_matches_one_full_batch(digits, tensors):
@@ -148,3 +148,21 @@ def test_memory_does_not_grow_with_the_data(digits, tensors):
         sizes.append(sum(o.nbytes for o in seen.values()))
     assert sizes[0] == sizes[1] == len(tensors) * (2048 * 8 + 24)
     assert peaks[1] < 1.5 * peaks[0]  # ten times the samples, about the same peak
+
+
+def test_a_memory_bound_shrinks_the_batch_not_the_ranges(digits, tensors):
+    unbounded, bounded = observers(tensors, Histogram), observers(tensors, Histogram)
+    first = collect(digits, tensors, demo.calibration_data(), unbounded, batch_size=64)
+    fetched = [n for n in tensors if n != "input"]
+    per_sample = sum(v[:1].nbytes for n, v in reference_outputs(tensors).items() if n in fetched)
+    second = collect(digits, tensors, demo.calibration_data(), bounded, batch_size=64,
+                     max_bytes=3 * per_sample)  # three samples per batch
+    assert (first.batches, second.batches) == (4, 86) and second.probes == 1
+    assert all(unbounded[n].percentile(99.9) == bounded[n].percentile(99.9) for n in tensors)
+
+
+def test_a_bound_below_one_sample_splits_the_tensors_over_probes():
+    sizes = {"a": 600.0, "b": 500.0, "c": 300.0}
+    batch, groups = plan_memory(["a", "b", "c"], sizes, 800, 32, [["a", "b", "c"]])
+    assert (batch, groups) == (1, [["a"], ["b", "c"]])
+    assert plan_memory(["a"], {"a": 10.0}, 100, 32, [["a"]]) == (10, [["a"]])

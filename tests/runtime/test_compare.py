@@ -129,9 +129,19 @@ def test_table_as_rich_and_markdown():
 
 
 def test_onnxruntime_failure_names_the_model_and_batch():
-    fixed = make_model(f"{HEADER} g (float[4, 4] x) => (float[4, 4] y) {{ y = Relu(x) }}")
+    # 10 samples x 4 = 40 elements cannot be reshaped to [3, -1]: onnxruntime fails at run time.
+    bad = make_model(f"{HEADER} g (float[N, 4] x) => (float[3, M] y) {{ y = Reshape(x, s) }}",
+                     s=np.array([3, -1], np.int64))
     with pytest.raises(DataError, match="cannot run the reference on batch #0"):
-        compare(fixed, fixed, {"x": X}, batch_size=10)
+        compare(bad, bad, {"x": X}, batch_size=10)
+
+
+def test_a_fixed_batch_dimension_sets_the_batch_size():
+    fixed = make_model(f"{HEADER} g (float[2, 4] x) => (float[2, 4] y) {{ y = Relu(x) }}")
+    result = compare(fixed, fixed, {"x": X}, batch_size=64)  # 10 samples: 5 batches of 2
+    assert result.samples == 10 and result[0].max_abs == 0
+    with pytest.raises(DataError, match="fixes the batch dimension at 2, so the 9 samples"):
+        compare(fixed, fixed, {"x": X[:9]})
 
 
 def test_nan_in_the_candidate_is_not_hidden():

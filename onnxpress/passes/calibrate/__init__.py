@@ -5,7 +5,7 @@ leaves in ``ctx.calibration``.
 """
 
 from onnxpress.passes.calibrate.calibrate import Calibrate, tensors_to_calibrate
-from onnxpress.passes.calibrate.observers import Gram, Histogram, MinMax, Observer
+from onnxpress.passes.calibrate.observers import Gram, Histogram, MinMax, Observer, PerChannel
 from onnxpress.passes.calibrate.table import (
     CalibrationError,
     CalibrationTable,
@@ -15,5 +15,5 @@ from onnxpress.passes.calibrate.table import (
 
 __all__ = [
     "Calibrate", "CalibrationError", "CalibrationTable", "Gram", "Histogram", "MinMax",
-    "MissingRangeError", "Observer", "TensorRange", "tensors_to_calibrate",
+    "MissingRangeError", "Observer", "PerChannel", "TensorRange", "tensors_to_calibrate",
 ]

@@ -15,8 +15,10 @@ O(tensors × bins) and the ranges do not depend on ``batch_size`` or data order;
 `onnxpress.passes.calibrate.observers`. Every clipped range is ``(-t, t)`` clamped into the
 observed ``[min, max]``, so a ReLU output gets ``(0, t)``.
 
-Which tensors: `tensors_to_calibrate` (one function, so the quantizers can refine it per
-target) or an explicit ``tensors=`` list.
+Which tensors: those of the quantization plan (`tensors_to_calibrate`), or an explicit
+``tensors=`` list. A table already in the context (``optimize(..., calibration=...)``, a
+saved JSON table or a TensorRT cache) is reused: only the tensors it lacks are measured and
+added (the stats say how many were reused).
 """
 
 from __future__ import annotations
@@ -25,15 +27,12 @@ import time
 from dataclasses import dataclass
 from typing import ClassVar
 
-import onnx
-import onnx_graphsurgeon as gs
-
 from onnxpress.errors import PassError, PreconditionError, TargetError
-from onnxpress.ir import analyses
 from onnxpress.ir.model import Model
 from onnxpress.passes.base import Context, Pass, PassResult
 from onnxpress.passes.calibrate.observers import Histogram, MinMax
 from onnxpress.passes.calibrate.table import CalibrationTable, TensorRange
+from onnxpress.passes.quantize.plan import plan
 from onnxpress.runtime.collect import collect
 from onnxpress.targets import TARGETS, Target, get_target
 
@@ -42,43 +41,21 @@ METHODS = ("minmax", "percentile", "entropy", "mse")
 #: Levels of the int8 grid's positive half, for the entropy search (TensorRT's 128).
 QUANTIZED_BINS = 128
 
-#: Ops whose float activations a static quantizer may wrap in Q/DQ: onnxruntime's QDQ and
-#: QLinear registries (placement itself is the target's business).
-QUANTIZABLE_OPS = frozenset({
-    "Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Relu", "Clip", "LeakyRelu",
-    "Sigmoid", "Softmax", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool",
-    "GlobalMaxPool", "Resize",
-})
-
-FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
-                         onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16})
-
-
 def tensors_to_calibrate(model: Model, target: Target) -> list[str]:
-    """The float activations quantization may need, in node order.
+    """The activations static quantization for `target` may need ranges for: the tensors of
+    the widest quantization plan (`quantize/plan.py`: nothing declined as unprofitable,
+    attention blocks treated like the rest), so calibration and Q/DQ insertion never
+    disagree. Every narrower plan of quantize-static's options (the defaults, ``exclude``,
+    ``op_types``, the fallbacks of mixed-precision) wraps a subset of these tensors.
 
-    Every non-constant float (or untyped) input and output, graph inputs included, of the main
-    graph's nodes whose op is in `QUANTIZABLE_OPS` or in the target's quantization table (so
-    the quantizer finds a range for every tensor it may wrap, data-movement ops included).
-
-    Args:
-        model: The model; not modified (types come from shape inference on a copy).
-        target: The backend whose quantization table widens the op set.
+    Raises:
+        PreconditionError: the target has no int8 path to calibrate for.
     """
-    ops = QUANTIZABLE_OPS | set(target.quantization)
-    types = analyses.shapes(model.copy())
-    chosen: dict[str, None] = {}
-    for node in model.graph.nodes:
-        if node.op not in ops or (node.domain or "") not in ("", "ai.onnx"):
-            continue
-        for tensor in [*node.inputs, *node.outputs]:
-            # Unknown types (shape inference stops at contrib ops such as com.microsoft.Gelu)
-            # count as float: skipping them would leave the quantizer without a range.
-            elem_type = types.get(tensor.name, (None, None))[0]
-            if (isinstance(tensor, gs.Variable) and not tensor.is_empty()
-                    and (not elem_type or elem_type in FLOAT_TYPES)):
-                chosen[tensor.name] = None
-    return list(chosen)
+    if not target.quantization:
+        raise PreconditionError(f"target '{target.name}' has no fused int8 kernels in "
+                                "onnxruntime to calibrate for; quantize for 'tensorrt' or "
+                                "'cpu' instead (run_on='cpu' runs the probe on the CPU)")
+    return plan(model, target, skip_unprofitable=False, attention=False).tensors()
 
 
 @dataclass(frozen=True)
@@ -93,6 +70,9 @@ class Calibrate(Pass):
         tensors: Tensor names to calibrate (None: `tensors_to_calibrate`).
         save: Path to write the table as JSON (None: keep it in the context only).
         max_outputs: Tensors per probe run, to bound memory on large models (None: all).
+        memory_mb: Bound on the activations one probe run fetches, in MiB: the batch shrinks
+            (and the tensors split over several probes) to stay under it; the ranges do not
+            change. None: no bound.
         run_on: Target whose onnxruntime providers run the probe (None: the pipeline's), e.g.
             "cpu" to calibrate for TensorRT on a machine without it.
     """
@@ -107,6 +87,7 @@ class Calibrate(Pass):
     tensors: tuple[str, ...] | None = None
     save: str | None = None
     max_outputs: int | None = None
+    memory_mb: int | None = 256
     run_on: str | None = None
 
     def __post_init__(self) -> None:
@@ -145,23 +126,31 @@ class Calibrate(Pass):
     def run(self, model: Model, ctx: Context) -> PassResult:
         """Collect statistics, compute the ranges, set ``ctx.calibration`` (and save it)."""
         start = time.perf_counter()
-        tensors = (list(self.tensors) if self.tensors is not None
-                   else tensors_to_calibrate(model, ctx.target))
+        wanted = (list(self.tensors) if self.tensors is not None
+                  else tensors_to_calibrate(model, ctx.target))
+        known = ctx.calibration
+        tensors = [t for t in wanted if known is None or t not in known]
+        if not tensors:
+            return PassResult(changed=False, stats={"reused": len(wanted), "tensors": 0})
         observers = {name: self._observer(name) for name in tensors}
         collected = collect(model, tensors, ctx.data, observers, target=self._runner(ctx),
                             batch_size=self.batch_size, max_outputs=self.max_outputs,
+                            max_bytes=None if self.memory_mb is None else self.memory_mb << 20,
                             progress=ctx.progress)
         options = {"percentile": self.percentile} if self.method == "percentile" else {}
         if self.method != "minmax":
             options["bins"] = self.bins
-        table = CalibrationTable(self.method, {
-            name: TensorRange(*self._range(observer), observer.summary())
-            for name, observer in observers.items()}, options)
+        measured = {name: TensorRange(*self._range(observer), observer.summary())
+                    for name, observer in observers.items()}
+        table = (CalibrationTable(self.method, measured, options) if known is None
+                 else CalibrationTable(known.method, {**known.ranges, **measured},
+                                       known.options))
         ctx.calibration = table
         if self.save is not None:
             table.save(self.save)
         return PassResult(changed=False, stats={
-            "method": self.method, "tensors": len(table), "samples": collected.samples,
+            "method": self.method, "tensors": len(tensors), "reused": len(wanted) - len(tensors),
+            "samples": collected.samples,
             "batches": collected.batches, "probes": collected.probes,
             "seconds": round(time.perf_counter() - start, 3)})
 

@@ -49,6 +49,11 @@ Ranges are not widened to include zero; the quantizer does that when its zero po
   bin's error is the difference of ``F(x) = s³·G(min(x, t)/s) + max(x - t, 0)³ / 3`` at its
   edges, divided by ``w``.
 
+`PerChannel` keeps, for each channel of a chosen axis, the minimum, maximum and sum of the values
+with the count per channel: the per-channel abs-max SmoothQuant needs (``max(-min, max)``), the
+pre-activation minimum bias absorption needs and the channel mean bias correction needs, in
+``O(channels)`` memory, independent of batch order and size (sums up to float rounding).
+
 `Gram` accumulates ``XᵀX`` (and ``XᵀY`` for a paired target) for least-squares reconstruction,
 with ``X`` the activation laid out as rows = samples × positions, columns = channels.
 """
@@ -477,6 +482,94 @@ def _mse_threshold_bins(counts: np.ndarray, levels: int) -> int:
         if errors[k] < best_error:
             best, best_error = int(thresholds[k]), float(errors[k])
     return best
+
+
+class PerChannel:
+    """Per-channel minimum, maximum and mean of a tensor along one axis.
+
+    Args:
+        axis: The channel axis of the batches (-1 for MatMul inputs ``[..., K]``, 1 for NCHW).
+        name: Tensor name, used in error messages.
+
+    Attributes:
+        name: Tensor name.
+        axis: The channel axis.
+        min, max: Per-channel extrema (None before the first batch).
+        sum: Per-channel sum in float64 (None before the first batch).
+    """
+
+    def __init__(self, axis: int = -1, name: str = "") -> None:
+        """Start empty; the channel count is set by the first batch."""
+        self.axis = axis
+        self.name = name
+        self.min: np.ndarray | None = None
+        self.max: np.ndarray | None = None
+        self.sum: np.ndarray | None = None
+        self._per_channel = 0
+
+    @property
+    def count(self) -> int:
+        """Values observed per channel."""
+        return self._per_channel
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the three per-channel arrays; independent of the data seen."""
+        return sum(a.nbytes for a in (self.min, self.max, self.sum) if a is not None) + 8
+
+    def update(self, batch: np.ndarray) -> None:
+        """Fold a batch in.
+
+        Raises:
+            DataError: NaN/inf values.
+            ValueError: the channel count changed between batches.
+        """
+        batch = np.asarray(batch)
+        if batch.size == 0:
+            return
+        _extrema(batch, self.name)
+        rows = np.moveaxis(batch, self.axis, -1).reshape(-1, batch.shape[self.axis])
+        self._add(rows.min(axis=0).astype(np.float64), rows.max(axis=0).astype(np.float64),
+                  rows.sum(axis=0, dtype=np.float64), rows.shape[0])
+
+    def _add(self, lo: np.ndarray, hi: np.ndarray, total: np.ndarray, rows: int) -> None:
+        if self.min is None:
+            self.min, self.max, self.sum = lo, hi, total
+        else:
+            if self.min.shape != lo.shape:
+                raise ValueError(f"PerChannel '{self.name}': {lo.size} channels, but earlier "
+                                 f"batches had {self.min.size}")
+            self.min, self.max = np.minimum(self.min, lo), np.maximum(self.max, hi)
+            self.sum = self.sum + total
+        self._per_channel += rows
+
+    def merge(self, other: PerChannel) -> None:
+        """Fold another PerChannel (same axis and channels) in."""
+        _same_kind(self, other)
+        if other.min is not None:
+            self._add(other.min, other.max, other.sum, other.count)
+
+    def _require(self) -> None:
+        if self.min is None:
+            what = f"tensor '{self.name}'" if self.name else "the tensor"
+            raise DataError(f"{what} had no values (empty on every batch); it has no "
+                            "per-channel statistics")
+
+    def absmax(self) -> np.ndarray:
+        """``max |x|`` per channel."""
+        self._require()
+        return np.maximum(-self.min, self.max)
+
+    def mean(self) -> np.ndarray:
+        """Mean per channel."""
+        self._require()
+        return self.sum / self._per_channel
+
+    def __repr__(self) -> str:
+        """Name, axis, channels and count."""
+        channels = None if self.min is None else self.min.size
+        return (f"PerChannel({self.name!r}, axis={self.axis}, channels={channels}, "
+                f"count={self.count})")
 
 
 class Gram:

@@ -195,6 +195,17 @@ class CalibrationTable:
         return _write_atomic(Path(path), json.dumps(self.to_dict(), indent=1, allow_nan=False))
 
     @classmethod
+    def read(cls, path: str | os.PathLike) -> CalibrationTable:
+        """A table from either file form: onnxpress JSON, or a TensorRT calibration cache
+        (recognized by its ``TRT-`` header)."""
+        path = Path(path)
+        try:
+            head = path.read_bytes()[:4]
+        except OSError as e:
+            raise CalibrationError(f"{path}: cannot read the calibration table ({e})") from None
+        return cls.from_tensorrt_cache(path) if head == b"TRT-" else cls.load(path)
+
+    @classmethod
     def load(cls, path: str | os.PathLike) -> CalibrationTable:
         """Read a table written by `save`.
 

@@ -12,6 +12,13 @@ Three rewrites, in this order:
    that is not folded) is replaced by initializers. The nodes behind the frontier then have no
    readers and go to dead code.
 
+Bounded: before anything is evaluated, the size of every tensor a folded node would produce
+— interior ones included — is read from ONNX shape inference (which knows the shapes of
+Expand, Tile, ConstantOfShape, Range… on constant inputs). A node whose output would exceed
+`EVAL_LIMIT` bytes, or whose output size inference cannot tell, is not evaluated (stats
+``too_large`` / ``unknown_size``), so a 193-byte model expanding to 5e9 elements costs
+nothing instead of exhausting memory.
+
 Never folded: QuantizeLinear / DequantizeLinear (folding DQ(int8 weight) would undo
 quantization and quadruple the file), random ops, nodes with subgraphs, custom-domain ops, and
 nodes producing graph outputs. A frontier tensor bigger than ``size_limit`` bytes that is also
@@ -30,10 +37,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxpress.ir import analyses
+from onnxpress.ir import analyses, fidelity
 from onnxpress.ir.edit import consumers, dead_code, is_graph_output, producer, remove, replace_uses
 from onnxpress.ir.model import Model
-from onnxpress.ir.pattern import constant_node_value
+from onnxpress.ir.ops import constant_node_value
 from onnxpress.ir.scopes import iter_graphs, subgraphs
 from onnxpress.passes.base import Context, Pass, PassResult
 
@@ -45,6 +52,10 @@ NEVER_FOLD = frozenset({
     "Constant",
 })
 
+
+#: No folded node may produce more than this many bytes (its outputs' sizes are known from
+#: shape inference before anything is evaluated).
+EVAL_LIMIT = 1 << 26
 
 
 @dataclass(frozen=True)
@@ -59,12 +70,12 @@ class FoldConstants(Pass):
         constant_nodes = sum(_constant_nodes_to_initializers(model, g)
                              for g in list(iter_graphs(model.graph)))
         shapes = _fold_shapes(model)
-        folded, kept = _fold_subexpressions(model, self.size_limit)
+        folded, kept, unevaluated = _fold_subexpressions(model, self.size_limit)
         removed = dead_code(model.graph) if (constant_nodes or shapes or folded) else 0
         changed = bool(constant_nodes or shapes or folded)
         return PassResult(changed, {"constant_nodes": constant_nodes, "shapes": shapes,
                                     "folded_tensors": folded, "kept_large": kept,
-                                    "nodes_removed": removed})
+                                    **unevaluated, "nodes_removed": removed})
 
 
 def _constant_nodes_to_initializers(model: Model, graph: gs.Graph) -> int:
@@ -155,9 +166,34 @@ def _foldable(node: gs.Node, graph: gs.Graph, constant: set[int]) -> bool:
             and not any(is_graph_output(graph, t) for t in node.outputs))
 
 
-def _fold_subexpressions(model: Model, size_limit: int) -> tuple[int, int]:
-    """Evaluate all-constant nodes of the main graph; return (folded, kept because large)."""
+def _output_bytes(node: gs.Node) -> int | None:
+    """Bytes of everything `node` outputs, from the annotated shapes; None if unknown."""
+    total = 0
+    for out in node.outputs:
+        if out.is_empty():
+            continue
+        shape, dtype = out.shape, out.dtype
+        if shape is None or dtype is None or not all(_known(d) for d in shape):
+            return None
+        try:
+            itemsize = np.dtype(dtype).itemsize
+        except TypeError:
+            itemsize = 8  # a type numpy lacks: assume the widest
+        total += int(np.prod(shape, dtype=object)) * itemsize
+    return total
+
+
+def _fold_subexpressions(model: Model, size_limit: int) -> tuple[int, int, dict[str, int]]:
+    """Evaluate all-constant nodes of the main graph.
+
+    Returns:
+        (frontier tensors folded, kept because large, ``{"too_large": n, "unknown_size": n}``
+        for the nodes not evaluated because an output exceeds `EVAL_LIMIT` bytes or has an
+        unknown size; a key appears only when its count is not zero).
+    """
     graph = model.graph
+    model.analysis(analyses.shapes)
+    unevaluated: dict[str, int] = {}
     user_inputs = {id(t) for t in graph.inputs}
     constant: set[int] = set()
     sources: dict[int, int] = {}  # tensor → bytes of the initializers it is computed from
@@ -166,8 +202,13 @@ def _fold_subexpressions(model: Model, size_limit: int) -> tuple[int, int]:
         for t in node.inputs:
             if isinstance(t, gs.Constant) and id(t) not in user_inputs:
                 constant.add(id(t))
-                sources.setdefault(id(t), int(t.values.nbytes))
+                sources.setdefault(id(t), fidelity.nbytes(t))
         if _foldable(node, graph, constant):
+            size = _output_bytes(node)
+            if size is None or size > EVAL_LIMIT:
+                key = "unknown_size" if size is None else "too_large"
+                unevaluated[key] = unevaluated.get(key, 0) + 1
+                continue
             weight = sum(sources.get(id(t), 0) for t in node.inputs)
             for out in node.outputs:
                 constant.add(id(out))
@@ -177,7 +218,7 @@ def _fold_subexpressions(model: Model, size_limit: int) -> tuple[int, int]:
     frontier = [out for n in folded_nodes for out in n.outputs
                 if not out.is_empty() and any(id(c) not in inside for c in consumers(out))]
     if not frontier:
-        return 0, 0
+        return 0, 0, unevaluated
     values = _evaluate(model, folded_nodes, frontier)
     folded = kept = 0
     for tensor, value in zip(frontier, values, strict=True):
@@ -186,7 +227,7 @@ def _fold_subexpressions(model: Model, size_limit: int) -> tuple[int, int]:
             continue
         _replace_by_constant(model, graph, tensor, value)
         folded += 1
-    return folded, kept
+    return folded, kept, unevaluated
 
 
 def _evaluate(model: Model, nodes: list[gs.Node], outputs: list[gs.Tensor]) -> list[np.ndarray]:

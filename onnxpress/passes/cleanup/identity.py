@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxpress.ir import analyses
+from onnxpress.ir import analyses, ops
 from onnxpress.ir.edit import dead_code, is_graph_output, is_interface, producer, replace_uses
 from onnxpress.ir.model import Model
 from onnxpress.passes.base import Context, Pass, PassResult
@@ -79,25 +79,13 @@ def _passthrough(node: gs.Node, opset: int) -> gs.Tensor | None:
     return None
 
 
-def _static(t: gs.Tensor) -> tuple[int, ...] | None:
-    shape = t.values.shape if isinstance(t, gs.Constant) else t.shape
-    if shape is None or not all(isinstance(d, int) and d >= 0 for d in shape):
-        return None
-    return tuple(shape)
-
-
 def _const(node: gs.Node, index: int, attr: str | None = None) -> np.ndarray | None:
-    """Input `index` if it is a constant, else attribute `attr` (older opsets), else None."""
-    if index < len(node.inputs) and not node.inputs[index].is_empty():
-        t = node.inputs[index]
-        return np.asarray(t.values) if isinstance(t, gs.Constant) else None
-    if attr is not None and attr in node.attrs:
-        return np.asarray(node.attrs[attr])
-    return None
-
-
-def _dtype(t: gs.Tensor):
-    return t.values.dtype if isinstance(t, gs.Constant) else t.dtype
+    """The constant operand (input `index`, else attribute `attr`); None if absent or computed
+    at run time (then the node is not known to be a no-op)."""
+    try:
+        return ops.operand(node, index, attr)
+    except ops.DynamicOperand:
+        return None
 
 
 def _identity(node, x, opset) -> bool:
@@ -105,10 +93,10 @@ def _identity(node, x, opset) -> bool:
 
 
 def _dropout(node, x, opset) -> bool:
+    if ops.optional_input(node, 2) is None:
+        return True
     training = _const(node, 2)
-    if len(node.inputs) > 2 and not node.inputs[2].is_empty():
-        return training is not None and not bool(training)
-    return True
+    return training is not None and not bool(training)
 
 
 def _reshape(node, x, opset) -> bool:
@@ -119,7 +107,7 @@ def _reshape(node, x, opset) -> bool:
         return False
     copy_zero = not node.attrs.get("allowzero", 0)
     kept = [(t == 0 and copy_zero) or (isinstance(d, int) and t == d)
-            for d, t in zip(shape, target.tolist())]
+            for d, t in zip(shape, target.tolist(), strict=True)]
     return all(kept) or (kept.count(False) == 1 and target.tolist()[kept.index(False)] == -1)
 
 
@@ -129,33 +117,29 @@ def _transpose(node, x, opset) -> bool:
 
 
 def _cast(node, x, opset) -> bool:
-    dtype = _dtype(x)
+    dtype = ops.dtype(x)
     return dtype is not None and np.dtype(dtype) == onnx.helper.tensor_dtype_to_np_dtype(
         node.attrs["to"])
 
 
 def _pad(node, x, opset) -> bool:
-    pads = _const(node, 1, "pads")
-    if pads is None or np.any(pads != 0):
+    try:
+        pads = ops.pad_operands(node).pads
+    except ops.DynamicOperand:
         return False
     # opset >= 18 `axes` input only restricts where the zeros apply.
-    return True
+    return pads.size > 0 and not np.any(pads != 0)
 
 
 def _slice(node, x, opset) -> bool:
-    shape = _static(x)
-    if opset < 10:  # starts / ends / axes were attributes; there were no steps
-        starts, ends, axes = (_const(node, 99, a) for a in ("starts", "ends", "axes"))
-        steps = None
-    else:
-        starts, ends, axes, steps = (_const(node, i) for i in (1, 2, 3, 4))
-    computed = [i for i in (3, 4) if i < len(node.inputs) and not node.inputs[i].is_empty()
-                and not isinstance(node.inputs[i], gs.Constant)]
-    if starts is None or ends is None or computed:
-        return False  # axes or steps known only at run time
-    axes = axes if axes is not None else np.arange(len(starts))
-    steps = steps if steps is not None else np.ones(len(starts), dtype=np.int64)
-    for start, end, axis, step in zip(starts, ends, axes, steps):
+    shape = ops.static_shape(x)
+    try:
+        operands = ops.slice_operands(node)
+    except ops.DynamicOperand:
+        return False  # known only at run time
+    if operands is None:
+        return False
+    for start, end, axis, step in zip(*operands, strict=True):
         if start != 0 or step != 1:
             return False
         if end < INT64_MAX // 2:
@@ -165,20 +149,14 @@ def _slice(node, x, opset) -> bool:
 
 
 def _axes(node: gs.Node, rank: int | None) -> list[int] | None:
-    axes = _const(node, 1, "axes")
-    if axes is None:
+    """Sorted, non-negative axes; None when absent, computed, or negative of unknown rank."""
+    try:
+        found = ops.axes(node, rank)
+    except ops.DynamicOperand:
         return None
-    axes = axes.reshape(-1).tolist()
-    if any(a < 0 for a in axes):
-        if rank is None:
-            return None
-        axes = [a % rank for a in axes]
-    return sorted(axes)
-
-
-def _rank(t: gs.Tensor) -> int | None:
-    shape = t.values.shape if isinstance(t, gs.Constant) else t.shape
-    return len(shape) if shape is not None else None
+    if found is None or any(a < 0 for a in found):
+        return None
+    return sorted(found)
 
 
 def _undone(outer: gs.Node) -> gs.Tensor | None:
@@ -189,7 +167,7 @@ def _undone(outer: gs.Node) -> gs.Tensor | None:
         return None
     # Axes are counted in the rank of the tensor that has them: the input of an outer
     # Unsqueeze's inner Squeeze, or the intermediate between Unsqueeze and an outer Squeeze.
-    rank = _rank(inner.inputs[0]) if outer.op == "Unsqueeze" else _rank(outer.inputs[0])
+    rank = ops.rank(inner.inputs[0]) if outer.op == "Unsqueeze" else ops.rank(outer.inputs[0])
     inner_axes, outer_axes = _axes(inner, rank), _axes(outer, rank)
     if inner_axes is None or inner_axes != outer_axes:
         return None

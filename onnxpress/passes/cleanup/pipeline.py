@@ -10,22 +10,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from onnxpress.ir.model import Model
-from onnxpress.passes.base import Context, Pass, PassResult
+from onnxpress.passes.base import Pass
 from onnxpress.passes.cleanup.constants import FoldConstants
 from onnxpress.passes.cleanup.dead_code import EliminateDeadCode
 from onnxpress.passes.cleanup.identity import EliminateIdentity
-from onnxpress.passes.fixed_point import fixed_point
+from onnxpress.passes.sequence import Composite
 
 
 @dataclass(frozen=True)
-class Cleanup(Pass):
+class Cleanup(Composite):
     """Fold constants, remove no-ops and dead code until nothing changes."""
 
     name: ClassVar[str] = "cleanup"
     max_rounds: int = 8
 
-    def run(self, model: Model, ctx: Context) -> PassResult:
-        """Repeat the three cleanup passes until a round changes nothing."""
-        return fixed_point(model, ctx, (FoldConstants(), EliminateIdentity(),
-                                        EliminateDeadCode()), self.max_rounds)
+    def children(self) -> tuple[Pass, ...]:
+        """fold-constants, eliminate-identity, eliminate-dead-code."""
+        return (FoldConstants(), EliminateIdentity(), EliminateDeadCode())

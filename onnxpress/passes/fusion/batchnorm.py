@@ -12,9 +12,10 @@ the last axis of its output, so BN must be over a 2-D ``[N, C]`` tensor), the la
 MatMul ``[K, N]`` weight when the BN channel axis is the last one, i.e. for 2-D MatMul
 outputs. A BatchNormalization with no such producer becomes ``Mul`` + ``Add`` on constants.
 
-Folding is done in float64 then cast back, and is skipped when the weight is shared with
-another node (scaling it would change that node too), when BN is in training mode, or when
-the types are not float32/float64.
+Folding is done in float64 then cast back to the weight's type, and is skipped when the
+weight is shared with another node (scaling it would change that node too), when BN is in
+training mode, or when the types are not floating point (`onnxpress.ir.ops.FLOAT_DTYPES`:
+fp16 and bf16 fold too, as fp16 MatMul + Add already fused into Gemm).
 """
 
 from __future__ import annotations
@@ -25,11 +26,10 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxpress.ir import analyses, ops
 from onnxpress.ir.model import Model
-from onnxpress.ir.pattern import Builder, Const, Match, Rule, apply_rules
+from onnxpress.ir.pattern import Builder, Const, Match, Reject, Rule, apply_rules
 from onnxpress.passes.base import Context, Pass, PassResult
-
-FLOATS = (np.float32, np.float64)
 
 
 def _scale_shift(m: Match) -> tuple[np.ndarray, np.ndarray]:
@@ -39,32 +39,37 @@ def _scale_shift(m: Match) -> tuple[np.ndarray, np.ndarray]:
     return s, m.beta.astype(np.float64) - m.mean.astype(np.float64) * s
 
 
-def _bn_check(m: Match) -> str | None:
+def _bn_check(m: Match) -> Reject | None:
     if m.bn.attrs.get("training_mode", 0):
-        return "BatchNormalization is in training mode"
+        return Reject("BatchNormalization is in training mode", m.bn)
     if len(m.bn.outputs) > 1 and any(not t.is_empty() for t in m.bn.outputs[1:]):
-        return "BatchNormalization exposes its running statistics"
-    if m.gamma.dtype not in FLOATS:
-        return f"BatchNormalization parameters are {m.gamma.dtype}, not float"
+        return Reject("BatchNormalization exposes its running statistics", m.bn)
+    if not ops.is_float(m.gamma.dtype):
+        return Reject(f"BatchNormalization parameters are {m.gamma.dtype}, not float", m.bn)
     return None
 
 
-def _weight_check(m: Match, node: gs.Node) -> str | None:
-    w = node.inputs[1]
-    if not isinstance(w, gs.Constant) or w.values.dtype not in FLOATS:
-        return "the weight is not a float initializer"
+def _weight_check(m: Match, node: gs.Node) -> Reject | None:
+    """Why the weight ``m.w`` (a constant, by the pattern) of `node` cannot absorb BN."""
+    w = m.tensor("w")
+    if not isinstance(w, gs.Constant) or not ops.is_float(m.w.dtype):
+        return Reject(f"the weight '{w.name}' is not a float initializer", node)
     if any(c is not node for c in w.outputs):
-        return f"the weight '{w.name}' is shared with another node"
-    if len(node.inputs) > 2 and not node.inputs[2].is_empty() and not isinstance(
-            node.inputs[2], gs.Constant):
-        return "the bias is not constant"
+        return Reject(f"the weight '{w.name}' is shared with another node", node)
+    bias = ops.optional_input(node, 2)
+    if bias is not None and not isinstance(bias, gs.Constant):
+        return Reject("the bias is not constant", node)
     return _bn_check(m)
 
 
 def _bias(node: gs.Node, channels: int) -> np.ndarray:
-    if len(node.inputs) > 2 and not node.inputs[2].is_empty():
-        return np.broadcast_to(np.asarray(node.inputs[2].values, np.float64), (channels,))
-    return np.zeros(channels, np.float64)
+    """The bias in float64, in its own shape when it broadcasts against the channel axis
+    (a Gemm's C may be ``[N]``, ``[1, N]``, ``[M, 1]`` or ``[M, N]``; Conv's is ``[C]``)."""
+    given = ops.optional_input(node, 2)
+    if given is None:
+        return np.zeros(channels, np.float64)
+    bias = np.asarray(given.values, np.float64)
+    return np.broadcast_to(bias, np.broadcast_shapes(bias.shape, (channels,)))
 
 
 def _folded(m: Match, b: Builder, node: gs.Node, axis: int) -> tuple[gs.Constant, gs.Constant]:
@@ -75,7 +80,15 @@ def _folded(m: Match, b: Builder, node: gs.Node, axis: int) -> tuple[gs.Constant
     s, t = _scale_shift(m)
     shape = [1] * w.ndim
     shape[axis] = -1
-    new_w = (w.astype(np.float64) * s.reshape(shape)).astype(w.dtype)
+    scale = s.reshape(shape)
+    new_w = np.empty_like(w)
+    # In float64 a few rows at a time: a whole float64 copy of a large weight would double
+    # the memory the fold needs (issue 11, item 8).
+    step = max(1, (1 << 22) // max(1, w[:1].size))
+    for start in range(0, len(w), step):
+        rows = slice(start, start + step)
+        part = scale[rows] if axis == 0 else scale
+        new_w[rows] = w[rows].astype(np.float64) * part
     new_b = (_bias(node, s.size) * s + t).astype(w.dtype)
     return (b.model.constant(weight.name, new_w),
             b.model.constant(f"{weight.name.removesuffix('weight')}bias", new_b))
@@ -87,8 +100,8 @@ class ConvBatchNorm(Rule):
     op_type: ClassVar[str] = "Conv"
     axis: ClassVar[int] = 0
 
-    def pattern(self, op, x, w):
-        conv = getattr(op, self.op_type)(x, w, more_inputs=True, label="conv")
+    def pattern(self, op, x):
+        conv = getattr(op, self.op_type)(x, Const("w"), more_inputs=True, label="conv")
         return op.BatchNormalization(conv, Const("gamma"), Const("beta"), Const("mean"),
                                      Const("var"), label="bn")
 
@@ -109,22 +122,23 @@ class ConvTransposeBatchNorm(ConvBatchNorm):
     def check(self, m):
         group = int(m.conv.attrs.get("group", 1))
         if group != 1:
-            return "grouped ConvTranspose: output channels span weight axes 0 and 1"
+            return Reject("grouped ConvTranspose: output channels span weight axes 0 and 1",
+                          m.conv)
         return super().check(m)
 
 
 class GemmBatchNorm(Rule):
     """Gemm → BatchNormalization over [N, C] becomes one Gemm."""
 
-    def pattern(self, op, x, w):
-        gemm = op.Gemm(x, w, more_inputs=True, label="gemm")
+    def pattern(self, op, x):
+        gemm = op.Gemm(x, Const("w"), more_inputs=True, label="gemm")
         return op.BatchNormalization(gemm, Const("gamma"), Const("beta"), Const("mean"),
                                      Const("var"), label="bn")
 
     def check(self, m):
         if float(m.gemm.attrs.get("alpha", 1.0)) != 1.0 or float(
                 m.gemm.attrs.get("beta", 1.0)) != 1.0:
-            return "Gemm has alpha or beta other than 1"
+            return Reject("Gemm has alpha or beta other than 1", m.gemm)
         return _weight_check(m, m.gemm)
 
     def rewrite(self, m, b):
@@ -135,15 +149,15 @@ class GemmBatchNorm(Rule):
 class MatMulBatchNorm(Rule):
     """MatMul (2-D, constant [K, N] weight) → BatchNormalization becomes MatMul + Add."""
 
-    def pattern(self, op, x, w):
-        matmul = op.MatMul(x, w, label="matmul")
+    def pattern(self, op, x):
+        matmul = op.MatMul(x, Const("w"), label="matmul")
         return op.BatchNormalization(matmul, Const("gamma"), Const("beta"), Const("mean"),
                                      Const("var"), label="bn")
 
     def check(self, m):
-        shape = m.x.shape
-        if shape is None or len(shape) != 2 or np.ndim(m.matmul.inputs[1].values) != 2:
-            return "BatchNormalization's channel is the last axis only for 2-D MatMul"
+        if ops.rank(m.x) != 2 or m.w.ndim != 2:
+            return Reject("BatchNormalization's channel is the last axis only for 2-D MatMul",
+                          m.matmul)
         return _weight_check(m, m.matmul)
 
     def rewrite(self, m, b):
@@ -159,13 +173,14 @@ class LoneBatchNorm(Rule):
                                      Const("var"), label="bn")
 
     def check(self, m):
-        if m.x.shape is None or len(m.x.shape) < 2:
-            return "the input rank is unknown, so the channel axis cannot be broadcast"
+        if (ops.rank(m.x) or 0) < 2:
+            return Reject("the input rank is unknown, so the channel axis cannot be broadcast",
+                          m.bn)
         return _bn_check(m)
 
     def rewrite(self, m, b):
         s, t = _scale_shift(m)
-        shape = (-1,) + (1,) * (len(m.x.shape) - 2)
+        shape = (-1,) + (1,) * (ops.rank(m.x) - 2)
         dtype = m.gamma.dtype
         return b.op("Add", b.op("Mul", m.x, b.const(s.reshape(shape).astype(dtype), "scale")),
                     b.const(t.reshape(shape).astype(dtype), "shift"))
@@ -180,8 +195,7 @@ class FuseBatchNorm(Pass):
 
     def run(self, model: Model, ctx: Context) -> PassResult:
         """Fold every foldable BatchNormalization; lone ones last."""
-        from onnxpress.ir import analyses
-
         model.analysis(analyses.shapes)
-        return apply_rules(model, [ConvBatchNorm(), ConvTransposeBatchNorm(), GemmBatchNorm(),
+        counts = apply_rules(model, [ConvBatchNorm(), ConvTransposeBatchNorm(), GemmBatchNorm(),
                                    MatMulBatchNorm(), LoneBatchNorm()])
+        return PassResult(any(counts.values()), counts)

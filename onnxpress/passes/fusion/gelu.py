@@ -6,16 +6,19 @@ approximated with tanh:
     exact  GELU(x) = 0.5 * x * (1 + erf(x / sqrt(2)))
     tanh   GELU(x) = 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3)))
 
-Exporters emit these op by op, in several association orders. The rules recognise every
-combination of
+Exporters emit these op by op, in several association orders. Two rules, one per form, with
+an alternation (`Or`) per part, recognise every combination of
 
     erf term    Add(Erf(Div(x, sqrt 2)), 1)  |  Add(Erf(Mul(x, 1/sqrt 2)), 1)
-    tanh term   Add(Tanh(Mul(Add(x, Mul(cube, 0.044715)), sqrt(2/pi))), 1)
-                with cube = Pow(x, 3)  |  Mul(x, Mul(x, x))
+    tanh term   Add(Tanh(Mul(Add(x, cubic), sqrt(2/pi))), 1)
+                with cubic = Mul(cube, 0.044715)  |  Mul(Mul(Mul(x, 0.044715), x), x)
+                (``0.044715 * x * x * x`` read left to right, as jax and hand-written
+                exports have it), cube = Pow(x, 3)  |  Mul(x, Mul(x, x))
     outer       Mul(Mul(x, 0.5), t)  |  Mul(x, Mul(t, 0.5))  |  Mul(Mul(x, t), 0.5)
                 |  Div(Mul(x, t), 2)
 
-(commuted Add / Mul operands included, by the matcher) where every ``x`` is the same tensor.
+(commuted Add / Mul operands included, by the matcher; the match's tags say which form it
+was) where every ``x`` is the same tensor.
 Constants are compared with a relative tolerance of `RTOL`, which accepts float16 roundings
 and short literals such as 1.4142 or 0.7071. The fused op computes with the exact constants:
 for 1.4142 the output moves by at most 3e-6, and by at most 1.5e-4 for a constant a whole
@@ -40,9 +43,8 @@ from typing import ClassVar
 
 from onnxpress.ir import analyses
 from onnxpress.ir.model import Model
-from onnxpress.ir.pattern import Const, apply_rules
+from onnxpress.ir.pattern import Const, Or, Rule, apply_rules, candidates, single_values, summarize
 from onnxpress.passes.base import Context, Pass, PassResult
-from onnxpress.passes.fusion.layernorm import VariantRule, candidates, single_values, summarize
 
 #: First default-domain opset with Gelu.
 GELU_OPSET = 20
@@ -58,33 +60,28 @@ def _const(value: float) -> Const:
     return Const(value=value, rtol=RTOL)
 
 
-# Parts: each builds one alternative sub-pattern (see the module docstring).
-ERF_ARGUMENT = {
-    "div": lambda op, x: op.Div(x, _const(SQRT2)),
-    "mul": lambda op, x: op.Mul(x, _const(1.0 / SQRT2)),
-}
-CUBE = {
-    "pow": lambda op, x: op.Pow(x, _const(3.0)),
-    "mul": lambda op, x: op.Mul(x, op.Mul(x, x)),
-}
-OUTER = {  # x * 0.5 * t for the term t = 1 + erf(...) or 1 + tanh(...)
-    "(x*0.5)*t": lambda op, x, t: op.Mul(op.Mul(x, _const(0.5)), t),
-    "x*(t*0.5)": lambda op, x, t: op.Mul(x, op.Mul(t, _const(0.5))),
-    "(x*t)*0.5": lambda op, x, t: op.Mul(op.Mul(x, t), _const(0.5)),
-    "(x*t)/2": lambda op, x, t: op.Div(op.Mul(x, t), _const(2.0)),
-}
+def _outer(op, x, t):
+    """X * 0.5 * t for the term t = 1 + erf(...) or 1 + tanh(...), in any association."""
+    return Or("outer", x_half_t=op.Mul(op.Mul(x, _const(0.5)), t),
+              x_t_half=op.Mul(x, op.Mul(t, _const(0.5))),
+              xt_half=op.Mul(op.Mul(x, t), _const(0.5)),
+              xt_div_2=op.Div(op.Mul(x, t), _const(2.0)))
 
 
-class ErfGelu(VariantRule):
-    """0.5 * x * (1 + erf(x / sqrt 2)) → Gelu(x)."""
-
-    def pattern(self, op, x):
-        argument, outer = self.variant
-        term = op.Add(op.Erf(ERF_ARGUMENT[argument](op, x)), _const(1.0))
-        return OUTER[outer](op, x, term)
+class _Gelu(Rule):
+    """What both forms share: single-valued constants."""
 
     def check(self, m):
         return single_values(m, m.x)
+
+
+class ErfGelu(_Gelu):
+    """0.5 * x * (1 + erf(x / sqrt 2)) → Gelu(x). Tags: ``argument``, ``outer``."""
+
+    def pattern(self, op, x):
+        argument = Or("argument", div=op.Div(x, _const(SQRT2)),
+                      mul=op.Mul(x, _const(1.0 / SQRT2)))
+        return _outer(op, x, op.Add(op.Erf(argument), _const(1.0)))
 
     def rewrite(self, m, b):
         if b.opset >= GELU_OPSET:
@@ -92,17 +89,19 @@ class ErfGelu(VariantRule):
         return b.op("Gelu", m.x, domain="com.microsoft")
 
 
-class TanhGelu(VariantRule):
-    """0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))) → Gelu(x, approximate="tanh")."""
+class TanhGelu(_Gelu):
+    """0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))) → Gelu(x, approximate="tanh").
+
+    Tags: ``cubic`` (and ``cube``), ``outer``.
+    """
 
     def pattern(self, op, x):
-        cube, outer = self.variant
-        inner = op.Add(x, op.Mul(CUBE[cube](op, x), _const(0.044715)))
+        cube = Or("cube", pow=op.Pow(x, _const(3.0)), mul=op.Mul(x, op.Mul(x, x)))
+        cubic = Or("cubic", scaled_cube=op.Mul(cube, _const(0.044715)),
+                   left_to_right=op.Mul(op.Mul(op.Mul(x, _const(0.044715)), x), x))
+        inner = op.Add(x, cubic)
         term = op.Add(op.Tanh(op.Mul(inner, _const(SQRT_2_OVER_PI))), _const(1.0))
-        return OUTER[outer](op, x, term)
-
-    def check(self, m):
-        return single_values(m, m.x)
+        return _outer(op, x, term)
 
     def rewrite(self, m, b):
         if b.opset >= GELU_OPSET:
@@ -123,7 +122,6 @@ class FuseGelu(Pass):
     """
 
     name: ClassVar[str] = "fuse-gelu"
-    gauges: ClassVar[frozenset[str]] = frozenset({"candidates"})
     contrib: bool | None = None
 
     def run(self, model: Model, ctx: Context) -> PassResult:
@@ -134,7 +132,7 @@ class FuseGelu(Pass):
             the fusion, ``candidates`` and ``reason`` with ``changed=False``.
         """
         model.analysis(analyses.shapes)
-        rules = [*ErfGelu.family(ERF_ARGUMENT, OUTER), *TanhGelu.family(CUBE, OUTER)]
+        rules = [ErfGelu(), TanhGelu()]
         contrib = ctx.target.onnxruntime_kernels if self.contrib is None else self.contrib
         if model.opset < GELU_OPSET and not contrib:
             found = candidates(model, rules)
@@ -145,5 +143,5 @@ class FuseGelu(Pass):
                               f"onnxruntime's com.microsoft Gelu is not used for target "
                               f"'{ctx.target.name}' (contrib={self.contrib})"})
             return PassResult(False, {"fused": 0})
-        result = apply_rules(model, rules)
-        return PassResult(result.changed, summarize(result, rules))
+        counts = apply_rules(model, rules)
+        return PassResult(any(counts.values()), summarize(counts, rules))

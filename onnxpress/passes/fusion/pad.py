@@ -14,10 +14,11 @@ sums must stay below it. MaxPool pads with -inf, not zero, so a zero Pad never f
 The reader's ``auto_pad`` must be NOTSET: SAME_UPPER / SAME_LOWER derive pads from the input
 size, which removing the Pad changes, and VALID ignores ``pads``.
 
-Pad is read in every opset form: the ``pads`` / ``value`` attributes before opset 11, the
-``pads`` and optional ``constant_value`` inputs from opset 11 (initializers or Constant nodes),
-and the optional ``axes`` input from opset 18, which lists the axes ``pads`` covers (negative
-axes count from the end, so the rank comes from shape inference). Only mode "constant" folds.
+Pad is read in every opset form by `onnxpress.ir.ops.pad_operands`: the ``pads`` / ``value``
+attributes before opset 11, the ``pads`` and optional ``constant_value`` inputs from opset 11
+(initializers or Constant nodes), and the optional ``axes`` input from opset 18, which lists
+the axes ``pads`` covers (negative axes count from the end, so the rank comes from shape
+inference). Only mode "constant" folds.
 
 Exact: the reader sees the same zero-padded tensor.
 """
@@ -28,11 +29,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-import onnx_graphsurgeon as gs
 
-from onnxpress.ir import analyses
+from onnxpress.ir import analyses, ops
 from onnxpress.ir.model import Model
-from onnxpress.ir.pattern import Match, Rule, apply_rules, constant_value
+from onnxpress.ir.pattern import Match, Reject, Rule, apply_rules
 from onnxpress.passes.base import Context, Pass, PassResult
 
 
@@ -45,10 +45,10 @@ class PadConv(Rule):
         pad = op.Pad(x, more_inputs=True, label="pad")
         return getattr(op, self.op_type)(pad, more_inputs=True, label="reader")
 
-    def check(self, m: Match) -> str | None:
+    def check(self, m: Match) -> Reject | None:
         """Accept a zero constant Pad of spatial axes feeding a reader without auto_pad."""
         pads = _merged_pads(m)
-        return pads if isinstance(pads, str) else None
+        return pads if isinstance(pads, Reject) else None
 
     def rewrite(self, m, b):
         reader = m.reader
@@ -61,79 +61,58 @@ class PadAveragePool(PadConv):
 
     op_type: ClassVar[str] = "AveragePool"
 
-    def check(self, m: Match) -> str | None:
+    def check(self, m: Match) -> Reject | None:
         """Also require counted padding and folded pads below the kernel size.
 
         onnxruntime rejects a pool whose window can lie entirely in the padding.
         """
         if not m.reader.attrs.get("count_include_pad", 0):
-            return "AveragePool has count_include_pad=0: the Pad's zeros would stop counting"
+            return Reject("count_include_pad=0: the Pad's zeros would stop counting", m.reader)
         pads = _merged_pads(m)
-        if isinstance(pads, str):
+        if isinstance(pads, Reject):
             return pads
         kernel = list(m.reader.attrs["kernel_shape"])
         if any(p >= k for p, k in zip(pads, kernel + kernel, strict=True)):
-            return f"folded pads {pads} reach the kernel size {kernel}"
+            return Reject(f"folded pads {pads} reach the kernel size {kernel}", m.reader)
         return None
 
 
-def _merged_pads(m: Match) -> list[int] | str:
+def _merged_pads(m: Match) -> list[int] | Reject:
     """The reader's ``pads`` plus the Pad's spatial pads, or why they cannot be merged."""
     auto_pad = m.reader.attrs.get("auto_pad", "NOTSET")
     if auto_pad != "NOTSET":
-        return f"{m.reader.op} has auto_pad={auto_pad}: it derives its own pads"
+        return Reject(f"auto_pad={auto_pad}: it derives its own pads", m.reader)
     extra = _spatial_pads(m)
-    if isinstance(extra, str):
+    if isinstance(extra, Reject):
         return extra
     own = np.asarray(m.reader.attrs.get("pads", np.zeros_like(extra)), np.int64)
     return [int(p) for p in own + extra]
 
 
-def _spatial_pads(m: Match) -> np.ndarray | str:
+def _spatial_pads(m: Match) -> np.ndarray | Reject:
     """The Pad's spatial pads as ``[begins…, ends…]`` (the reader's layout), or why not."""
     mode = m.pad.attrs.get("mode", "constant")
     if mode != "constant":
-        return f"Pad mode is {mode}, only constant padding folds"
-    operands = _pad_operands(m.pad)
-    if isinstance(operands, str):
-        return operands
-    pads, value, axes = operands
+        return Reject(f"mode is {mode}, only constant padding folds", m.pad)
+    try:
+        pads, value, axes = ops.pad_operands(m.pad)
+    except ops.DynamicOperand as e:
+        return Reject(str(e), m.pad)
     if np.any(value != 0):
-        return f"the Pad's value is {value}, not zero"
+        return Reject(f"the value is {value}, not zero", m.pad)
     if axes is None:
         rank, axes = len(pads) // 2, np.arange(len(pads) // 2)
-    elif m.x.shape is not None:
-        rank = len(m.x.shape)
+    elif ops.rank(m.x) is not None:
+        rank = ops.rank(m.x)
     else:
-        return "the Pad has axes but the rank of its input is unknown"
+        return Reject("axes given but the rank of its input is unknown", m.pad)
     begins, ends = np.zeros(rank, np.int64), np.zeros(rank, np.int64)
     begins[axes % rank], ends[axes % rank] = pads[:len(axes)], pads[len(axes):]
     if begins[:2].any() or ends[:2].any():
-        return "the Pad pads the batch or channel axis"
+        return Reject("it pads the batch or channel axis", m.pad)
     if (begins < 0).any() or (ends < 0).any():
-        return "the Pad crops (negative pads)"
+        return Reject("it crops (negative pads)", m.pad)
     return np.concatenate([begins[2:], ends[2:]])
-
-
-def _pad_operands(pad: gs.Node) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | str:
-    """``(pads, value, axes)`` of a Pad in attribute or input form, or why they are unknown.
-
-    ``axes`` is None when the pads cover every axis; the reason names the operand that is
-    not constant.
-    """
-    if len(pad.inputs) == 1:  # before opset 11
-        return (np.asarray(pad.attrs.get("pads", ()), np.int64),
-                np.asarray(pad.attrs.get("value", 0.0)), None)
-    found = []
-    for index, what in ((1, "pads"), (2, "constant_value"), (3, "axes")):
-        given = index < len(pad.inputs) and not pad.inputs[index].is_empty()
-        value = constant_value(pad.inputs[index]) if given else None
-        if given and value is None:
-            return f"the Pad's {what} input is not constant"
-        found.append(value)
-    pads, value, axes = found
-    return (pads.astype(np.int64).reshape(-1), np.zeros(()) if value is None else value,
-            None if axes is None else axes.astype(np.int64).reshape(-1))
 
 
 @dataclass(frozen=True)
@@ -145,4 +124,5 @@ class FusePad(Pass):
     def run(self, model: Model, ctx: Context) -> PassResult:
         """Fold every eligible Pad in the main graph."""
         model.analysis(analyses.shapes)
-        return apply_rules(model, [PadConv(), PadAveragePool()])
+        counts = apply_rules(model, [PadConv(), PadAveragePool()])
+        return PassResult(any(counts.values()), counts)

@@ -18,8 +18,10 @@ If ``C`` has other readers, they keep reading the untouched original. The file t
 layouts, but each reader sees exactly the values it saw before. When ``C`` had no other
 reader, the original is dropped on export, since gs keeps initializers only as node inputs.
 At a graph output the new initializer takes the output's name (ONNX allows an initializer as
-a graph output). Inside ``fuse``, cleanup's constant folding already does this everywhere else;
-the rule makes ``fuse-transposes`` complete on its own.
+a graph output); when nodes also read that output, an ``Identity`` of the new initializer
+produces it instead (an initializer already read may not be renamed). Inside ``fuse``,
+cleanup's constant folding already does this everywhere else; the rule makes
+``fuse-transposes`` complete on its own.
 
 Exact: transposes only move elements.
 """
@@ -32,10 +34,10 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxpress.ir import analyses
+from onnxpress.ir import analyses, ops
 from onnxpress.ir.edit import is_graph_output
 from onnxpress.ir.model import Model
-from onnxpress.ir.pattern import Builder, Const, Match, Rule, apply_rules
+from onnxpress.ir.pattern import Builder, Const, Match, Reject, Rule, apply_rules
 from onnxpress.passes.base import Context, Pass, PassResult
 
 
@@ -51,9 +53,10 @@ class TransposeTranspose(Rule):
     def pattern(self, op, x):
         return op.Transpose(op.Transpose(x, label="inner"), label="outer")
 
-    def check(self, m: Match) -> str | None:
+    def check(self, m: Match) -> Reject | None:
         """Reject only when no perm is given and the rank is unknown."""
-        return None if _rank(m) is not None else "no perm given and the rank of x is unknown"
+        return None if _rank(m) is not None else Reject(
+            "no perm given and the rank of x is unknown", m.outer)
 
     def rewrite(self, m: Match, b: Builder) -> gs.Tensor:
         rank = _rank(m)
@@ -68,7 +71,7 @@ def _rank(m: Match) -> int | None:
     for node in (m.inner, m.outer):
         if node.attrs.get("perm") is not None:
             return len(node.attrs["perm"])
-    return len(m.x.shape) if m.x.shape is not None else None
+    return ops.rank(m.x)
 
 
 def _renames_interface(graph: gs.Graph, m: Match) -> bool:
@@ -89,9 +92,15 @@ class ConstantTranspose(Rule):
     def pattern(self, op):
         return op.Transpose(Const("value"), label="transpose")
 
-    def rewrite(self, m: Match, b: Builder) -> gs.Constant:
+    def rewrite(self, m: Match, b: Builder) -> gs.Tensor:
         perm = m.transpose.attrs.get("perm")  # None reverses the axes, as in ONNX
-        return b.const(np.transpose(m.value, perm), "transposed")
+        value = b.const(np.transpose(m.value, perm), "transposed")
+        out = m.transpose.outputs[0]
+        if is_graph_output(b.model.graph, out) and out.outputs:
+            # The driver re-points the readers first, after which the new initializer is in
+            # use and may not take the output's name: an Identity produces the output.
+            return b.op("Identity", value)
+        return value
 
 
 @dataclass(frozen=True)
@@ -103,4 +112,5 @@ class FuseTransposes(Pass):
     def run(self, model: Model, ctx: Context) -> PassResult:
         """Apply both rules to the main graph."""
         model.analysis(analyses.shapes)
-        return apply_rules(model, [TransposeTranspose(), ConstantTranspose()])
+        counts = apply_rules(model, [TransposeTranspose(), ConstantTranspose()])
+        return PassResult(any(counts.values()), counts)

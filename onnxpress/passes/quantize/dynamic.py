@@ -77,7 +77,7 @@ class QuantizeDynamic(Pass):
             w = _matrix(node)
             if w is None:
                 continue
-            self._rewrite(model, node, w)
+            self._rewrite(model, node, w, ctx.target.weight_bits)
             done.append(node)
         if done:
             dead_code(model.graph)
@@ -87,8 +87,10 @@ class QuantizeDynamic(Pass):
             stats.update(fusion_stats(model, ctx))
         return PassResult(bool(done), stats)
 
-    def _rewrite(self, model: Model, node: gs.Node, w: np.ndarray) -> None:
-        p = weight_qparams(w, 1 if self.per_channel else None)
+    def _rewrite(self, model: Model, node: gs.Node, w: np.ndarray, bits: int) -> None:
+        # MatMulInteger runs the same u8s8 kernels as the static path: 7 bits where they
+        # saturate (`Target.weight_bits`).
+        p = weight_qparams(w, 1 if self.per_channel else None, bits=bits)
         hint = node.name or "matmul"
         x, out = node.inputs[0], node.outputs[0]
         x_q = model.variable(f"{hint}_x_q", dtype=np.uint8)

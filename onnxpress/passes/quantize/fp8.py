@@ -11,8 +11,8 @@ per-tensor scale from the calibration table (TensorRT's FP8 activations are per 
 weights get one scale per output channel (the table's axis) and are stored as FP8
 initializers + DequantizeLinear, a quarter of their FP32 size.
 
-Placement is not decided here: the nodes are `QuantizeStatic.select`'s choice for the
-target's table (TensorRT's rules R-B*: both inputs of Conv / MatMul / Gemm, the skip input of
+Placement is not decided here: the nodes and tensors are `QuantizeStatic.plan`'s choice for
+the target's table (TensorRT's rules R-B*: both inputs of Conv / MatMul / Gemm, the skip input of
 a residual Add, no Q on weighted outputs, small or GEMV-shaped layers declined), so FP8 and
 int8 quantize the same nodes. FP8 types exist from opset 19; an older model is converted
 first (`onnxpress.ir.opset.require_opset`).
@@ -45,7 +45,7 @@ from onnxpress.passes.quantize.qdq import (
     dequantized_constant,
     quantize_activation,
 )
-from onnxpress.passes.quantize.static import QuantizeStatic, is_quantized, is_transformer
+from onnxpress.passes.quantize.static import QuantizeStatic, is_quantized
 
 #: First opset with float8 QuantizeLinear / DequantizeLinear.
 FP8_OPSET = 19
@@ -64,8 +64,7 @@ class QuantizeFP8(Pass):
     Attributes:
         op_types: Only quantize these op types (default: the target's whole table).
         exclude: Node names, op types or glob patterns to keep in higher precision.
-        transformer: "auto" detects transformer graphs (only MatMul / Gemm then);
-            "on" / "off" force it.
+        attention: Treat attention / LayerNorm blocks by their own rules (as quantize-static).
         skip_unprofitable: Let the target decline nodes it gains nothing from.
     """
 
@@ -73,7 +72,7 @@ class QuantizeFP8(Pass):
     exact: ClassVar[bool] = False
     op_types: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
-    transformer: str = "auto"
+    attention: bool = True
     skip_unprofitable: bool = True
 
     def requires(self, model: Model, ctx: Context) -> None:
@@ -90,27 +89,19 @@ class QuantizeFP8(Pass):
         """Quantize the selected nodes in place."""
         if is_quantized(model):
             return PassResult(False, {"skipped": "model is already quantized"})
-        rules = ctx.target.quantization
         selector = QuantizeStatic(op_types=self.op_types, exclude=self.exclude,
-                                  transformer=self.transformer,
+                                  attention=self.attention,
                                   skip_unprofitable=self.skip_unprofitable)
-        transformer = (is_transformer(model) if self.transformer == "auto"
-                       else self.transformer == "on")
-        if not selector.select(model, rules, transformer):
+        if not selector.plan(model, ctx.target).units:
             return PassResult(False, {"nodes": 0})
         raised = require_opset(model, FP8_OPSET, "float8 QuantizeLinear")
-        selected = selector.select(model, rules, transformer)  # on the converted graph
+        chosen = selector.plan(model, ctx.target)  # on the converted graph
         # Every range is looked up before the first edit: a missing one leaves the model as is.
-        readers: dict[int, tuple[gs.Variable, QParams, list[gs.Node]]] = {}
-        for node in selected:
-            for i in rules[node.op].inputs(node):
-                tensor = node.inputs[i]
-                if id(tensor) not in readers:
-                    readers[id(tensor)] = (tensor, fp8_params(self._amax(ctx, tensor)), [])
-                readers[id(tensor)][2].append(node)
+        activation = {key: fp8_params(self._amax(ctx, entry.share or entry.tensor))
+                      for key, entry in chosen.activations.items()}
         weights = 0
-        for node in selected:
-            rule = rules[node.op]
+        for unit in chosen.units:
+            node, rule = unit.node, unit.rule
             if rule.weight is None:
                 continue
             values = np.asarray(node.inputs[rule.weight].values, np.float32)
@@ -119,14 +110,14 @@ class QuantizeFP8(Pass):
             dequantized_constant(model, node, rule.weight,
                                  fp8_params(np.abs(values).max(axis=reduce), axis), values)
             weights += 1
-        for tensor, params, nodes in readers.values():
-            quantize_activation(model, tensor, params, nodes)
+        for key, entry in chosen.activations.items():
+            quantize_activation(model, entry.tensor, activation[key], entry.readers)
         dead_code(model.graph)
         toposort(model.graph)
-        stats = {"nodes": len(selected), "activations": len(readers), "weights": weights,
-                 "opset_raised": raised, "transformer": transformer}
-        for node in selected:
-            stats[node.op] = stats.get(node.op, 0) + 1
+        stats = {"nodes": len(chosen.units), "activations": len(chosen.activations),
+                 "weights": weights, "opset_raised": raised}
+        for unit in chosen.units:
+            stats[unit.node.op] = stats.get(unit.node.op, 0) + 1
         return PassResult(True, stats)
 
     @staticmethod

@@ -62,7 +62,8 @@ def qparams(lo: float | np.ndarray, hi: float | np.ndarray, dtype=np.int8, *,
     """Quantization parameters for the real range [lo, hi] (per channel if arrays).
 
     Args:
-        lo, hi: Range ends, scalars or one value per channel.
+        lo: Lower range end, a scalar or one value per channel.
+        hi: Upper range end, likewise.
         dtype: np.int8 or np.uint8.
         symmetric: Zero point at the middle of the type's range.
         axis: Channel axis for per-channel parameters.
@@ -105,14 +106,21 @@ def quantize_array(values: np.ndarray, p: QParams) -> np.ndarray:
     return np.clip(q, q_min, q_max).astype(p.dtype)
 
 
-def weight_qparams(values: np.ndarray, axis: int | None, dtype=np.int8) -> QParams:
-    """Symmetric parameters for a weight, per channel along `axis` (None: per tensor)."""
-    if axis is None:
-        amax = np.abs(values).max(initial=0.0)
-        return qparams(-amax, amax, dtype, symmetric=True, narrow=True)
-    reduce = tuple(i for i in range(values.ndim) if i != axis)
-    amax = np.abs(values).max(axis=reduce, initial=0.0)
-    return qparams(-amax, amax, dtype, symmetric=True, axis=axis, narrow=True)
+def weight_qparams(values: np.ndarray, axis: int | None, dtype=np.int8, bits: int = 8
+                   ) -> QParams:
+    """Symmetric parameters for a weight, per channel along `axis` (None: per tensor).
+
+    `bits` < 8 keeps int8 storage but uses only ``[-(2^(bits-1) - 1), 2^(bits-1) - 1]``: with
+    7 bits, x86 CPUs without VNNI can multiply uint8 activations by the weights in 16-bit
+    pairs without saturating (`onnxpress.targets.Target.weight_bits`).
+    """
+    reduce = () if axis is None else tuple(i for i in range(values.ndim) if i != axis)
+    amax = np.abs(values).max(axis=reduce or None, initial=0.0)
+    p = qparams(-amax, amax, dtype, symmetric=True, axis=axis, narrow=True)
+    if bits < 8:
+        levels = 2 ** (bits - 1) - 1
+        p = QParams((p.scale * (127 / levels)).astype(np.float32), p.zero_point, p.axis)
+    return p
 
 
 def _dq_node(model: Model, q: gs.Constant, p: QParams, hint: str) -> tuple[gs.Node, gs.Variable]:

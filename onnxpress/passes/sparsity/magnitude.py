@@ -115,7 +115,8 @@ class PruneMagnitude(Pass):
         pruned = self._prune(chosen)
         for weight, values in zip(chosen, pruned, strict=True):
             weight.tensor.values = values
-        zeros = {w.name: int(v.size - np.count_nonzero(v)) for w, v in zip(chosen, pruned)}
+        zeros = {w.name: int(v.size - np.count_nonzero(v)) for w, v in
+                 zip(chosen, pruned, strict=True)}
         total = sum(v.size for v in pruned)
         return PassResult(True, {
             "sparsity": sum(zeros.values()) / total,

@@ -9,7 +9,7 @@ import pytest
 from onnxpress import demo
 from onnxpress.errors import PassError, PreconditionError
 from onnxpress.ir import load
-from onnxpress.passes import Context, PassManager, get
+from onnxpress.passes import Context, PassManager, QuantizeStatic, get
 from onnxpress.passes.calibrate import Calibrate, CalibrationTable, tensors_to_calibrate
 from onnxpress.runtime.data import DataSource
 from onnxpress.targets import get_target
@@ -49,7 +49,7 @@ def test_a_missing_provider_says_how_to_calibrate_elsewhere():
         PassManager([Calibrate()]).run(model, Context(target=tensorrt, data=IMAGES))
     ctx = Context(target=tensorrt, data=IMAGES)
     PassManager([Calibrate(run_on="cpu")]).run(model, ctx)
-    assert len(ctx.calibration) == 28
+    assert list(ctx.calibration) == tensors_to_calibrate(model, tensorrt) and len(ctx.calibration)
 
 
 def test_changes_nothing_and_reports_stats():
@@ -60,42 +60,50 @@ def test_changes_nothing_and_reports_stats():
     assert not record.changed
     model.pipeline.clear()  # the manager's record of the run is the only difference allowed
     assert model.to_onnx().SerializeToString() == before
-    assert record.stats["tensors"] == len(ctx.calibration) == 28
+    assert record.stats["tensors"] == len(ctx.calibration) == len(tensors_to_calibrate(model, CPU))
+    assert record.stats["reused"] == 0
     assert (record.stats["samples"], record.stats["batches"], record.stats["probes"]) == (256, 8, 1)
     assert record.stats["method"] == "entropy" and record.stats["seconds"] >= 0
 
 
-def test_default_tensors_are_float_activations_of_quantizable_ops(minmax):
+def test_default_tensors_are_the_quantization_plans(minmax):
+    """Calibrate measures exactly what quantize-static will read: one plan, two readers."""
     model = load(demo.model_path())
     names = tensors_to_calibrate(model, CPU)
-    assert list(minmax) == names
-    assert names[0] == "input" and names[-1] == "logits"
+    assert list(minmax) == names == QuantizeStatic().plan(model, CPU).tensors()
+    assert names[0] == "input"
     assert "/head/head.0/Flatten_output_0" in names  # a Gemm input
+    assert "logits" not in names  # the last Gemm's output is read by no int8 unit
     assert not any(c.name in names for c in model.constants())
 
 
-def test_integer_tensors_and_other_ops_are_left_out():
+def test_ops_fed_by_no_int8_unit_need_no_range():
+    """An Add of a Gather and a Sin would not fuse (its inputs come from float ops): the plan
+    keeps it float, so nothing in this graph needs a range."""
     model = make_model(
         '<ir_version: 8, opset_import: ["": 17]> g (int64[N] ids, float[N, 4] x) => (float[N, 4] y)'
         " { e = Gather(table, ids) s = Sin(x) y = Add(e, s) }",
         table=np.ones((10, 4), np.float32))
-    assert tensors_to_calibrate(model, CPU) == ["e", "s", "y"]
+    assert tensors_to_calibrate(model, CPU) == []
 
 
-def test_the_targets_quantization_table_widens_the_op_set():
+def test_data_movement_after_an_int8_unit_shares_its_range():
     model = make_model(
-        '<ir_version: 8, opset_import: ["": 17]> g (float[N, 4] x) => (float[N, 2, 2] y)'
-        " { r = Reshape(x, shape) y = Sin(r) }", shape=np.array([-1, 2, 2], np.int64))
+        '<ir_version: 8, opset_import: ["": 17]> g (float[N, 3, 4, 4] x) => (float[N, 48] y)'
+        " { c = Conv(x, w) r = Reshape(c, shape) y = Sin(r) }",
+        w=np.ones((3, 3, 1, 1), np.float32), shape=np.array([-1, 48], np.int64))
     assert "Reshape" in CPU.quantization
-    assert tensors_to_calibrate(model, CPU) == ["x", "r"]
-    assert tensors_to_calibrate(model, get_target("cuda")) == []
+    # r reuses c's parameters, but a plan without the Reshape would quantize it on its own
+    assert tensors_to_calibrate(model, CPU) == ["x", "c", "r"]
+    with pytest.raises(PreconditionError, match="no fused int8 kernels"):
+        tensors_to_calibrate(model, get_target("cuda"))
 
 
 def test_minmax_ranges_are_the_observed_extrema(minmax):
-    relu, logits = minmax["/stem/stem.1/Relu_output_0"], minmax["logits"]
+    relu, images = minmax["/stem/stem.1/Relu_output_0"], minmax["input"]
     assert relu.min == relu.summary["min"] == 0.0
-    assert (logits.min, logits.max) == (logits.summary["min"], logits.summary["max"])
-    assert logits.summary["count"] == 256 * 10
+    assert (images.min, images.max) == (images.summary["min"], images.summary["max"])
+    assert images.summary["count"] == 256 * 64
 
 
 @pytest.mark.parametrize("method", ["percentile", "entropy", "mse"])
@@ -146,3 +154,17 @@ def test_bad_options(options, match):
 def test_unknown_tensor_names_the_pass_and_the_tensor():
     with pytest.raises(PassError, match="pass 'calibrate' failed.*tensor 'nope'"):
         calibrate(Calibrate(tensors=["nope"]))
+
+
+def test_a_table_in_the_context_is_reused_and_completed():
+    model = load(demo.model_path())
+    names = tensors_to_calibrate(model, CPU)
+    ctx = Context(target=CPU, data=demo.calibration_data())
+    PassManager([Calibrate(tensors=names[:3])]).run(model, ctx)
+    partial = ctx.calibration
+    record = PassManager([Calibrate()]).run(model, ctx)["calibrate"]
+    assert (record.stats["reused"], record.stats["tensors"]) == (3, len(names) - 3)
+    assert list(ctx.calibration) == [*names[:3], *names[3:]]
+    assert all(ctx.calibration[n] == partial[n] for n in names[:3])
+    again = PassManager([Calibrate()]).run(model, ctx)["calibrate"]
+    assert again.stats == {"reused": len(names), "tensors": 0}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import resource
+
 import numpy as np
 import onnx
 import pytest
@@ -11,6 +13,7 @@ import onnxpress as ox
 from onnxpress.ir.model import Model
 from onnxpress.ir.scopes import iter_graphs
 from onnxpress.passes import Context, FoldConstants
+from onnxpress.passes.cleanup import constants
 from onnxpress.targets import get_target
 from onnxpress.testing import assert_same_outputs, make_model, run
 
@@ -383,3 +386,43 @@ def test_on_every_model_stats_match_and_outputs_are_kept(any_model):
                                   or stats["folded_tensors"])
     assert_same_outputs(reference, any_model, feed_list(any_model), rtol=0, atol=0)
     _second_run_is_a_no_op(any_model)
+
+
+# --------------------------------------------------------------------------------------------
+# Bounded evaluation (issue 11, item 9)
+def _expand_then_reduce(elements: int) -> Model:
+    return make_model(f"""{H}
+    g (float[1] x) => (float[1] y) {{
+        e = Expand(one, shape)
+        s = ReduceSum(e)
+        y = Add(x, s)
+    }}""", one=np.ones(1, np.float32), shape=np.array([elements], np.int64))
+
+
+@pytest.mark.parametrize("op", ["Expand", "ConstantOfShape"])
+def test_huge_intermediates_are_never_evaluated(op):
+    """A ~200-byte model whose all-constant Expand would hold 5e9 floats (20 GB), or whose
+    ConstantOfShape would hold 2^31: shape inference gives their sizes before anything runs,
+    so nothing is evaluated and memory does not move."""
+    model = (_expand_then_reduce(5_000_000_000) if op == "Expand" else make_model(f"""{H}
+    g (float[1] x) => (float[1] y) {{
+        c = ConstantOfShape(big)
+        m = ReduceMax(c)
+        y = Add(x, m)
+    }}""", big=np.array([65536, 32768], np.int64)))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result, reference = _fold(model)
+    assert result.stats["too_large"] == 1 and result.stats["folded_tensors"] == 0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB
+    assert [n.op for n in model.graph.nodes] == [n.op for n in reference.graph.nodes]
+
+
+def test_the_evaluation_limit_is_on_each_intermediate(monkeypatch):
+    model = _expand_then_reduce(1000)  # 4000 bytes inside, a scalar at the frontier
+    monkeypatch.setattr(constants, "EVAL_LIMIT", 1000)
+    result, reference = _fold(model)
+    assert result.stats["too_large"] == 1 and not result.stats["folded_tensors"]
+    monkeypatch.undo()
+    result, _ = _fold(model)
+    assert result.stats["folded_tensors"] == 1 and "too_large" not in result.stats
+    assert_same_outputs(reference, model, {"x": np.ones(1, np.float32)})

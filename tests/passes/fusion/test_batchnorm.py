@@ -9,7 +9,12 @@ from zoo import feed_list
 from onnxpress import optimize
 from onnxpress.ir.model import Model
 from onnxpress.ir.pattern import explain
-from onnxpress.passes.fusion.batchnorm import ConvBatchNorm, ConvTransposeBatchNorm, FuseBatchNorm
+from onnxpress.passes.fusion.batchnorm import (
+    ConvBatchNorm,
+    ConvTransposeBatchNorm,
+    FuseBatchNorm,
+    MatMulBatchNorm,
+)
 from onnxpress.passes.manager import PassRecord
 from onnxpress.testing import assert_same_outputs, make_model
 
@@ -149,3 +154,38 @@ def test_training_mode_batchnorm_is_left_alone():
     assert not rec.changed and _fired(rec) == {}
     assert _ops(out) == ["Conv", "BatchNormalization"]
     assert "training mode" in explain(model, ConvBatchNorm())
+
+
+def test_matmul_of_two_activations_then_batchnorm_is_left_to_mul_add():
+    # Regression: MatMulBatchNorm read `.values` of its (activation) weight and crashed
+    # `fuse` with "'Variable' object has no attribute 'values'". The weight is now a Const
+    # in the pattern, so the fold does not match and BN alone becomes Mul + Add.
+    model = _model(f"c = MatMul (x, z)\n{BN}\ny = Relu (n)",
+                   "(float[2,6] x, float[6,4] z) => (float[2,4] y)", 4)
+    out = optimize(model, ["fuse"])
+    assert_same_outputs(model, out, feed_list(model), rtol=1e-4, atol=1e-5)
+    assert _ops(out) == ["MatMul", "Mul", "Add", "Relu"]
+    assert "is not a constant" in explain(model, MatMulBatchNorm())
+
+
+@pytest.mark.parametrize("conv", ["Conv", "MatMul"])
+def test_float16_batchnorm_folds_like_float16_matmul_add_fuses(conv):
+    # FLOAT_DTYPES is one list now: fp16 BN folds (it never did while fp16 MatMul + Add fused).
+    rng = np.random.default_rng(3)
+    bn = {k: v.astype(np.float16) for k, v in _bn(4).items()}
+    if conv == "Conv":
+        body, signature = ("c = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, w)",
+                           "(float16[1,3,5,5] x) => (float16[1,4,5,5] y)")
+        w, x = _f32(4, 3, 3, 3), rng.standard_normal((1, 3, 5, 5))
+    else:
+        body, signature = "c = MatMul (x, w)", "(float16[2,6] x) => (float16[2,4] y)"
+        w, x = _f32(6, 4), rng.standard_normal((2, 6))
+    model = make_model(f'<ir_version: 8, opset_import: ["": 17]>\ng {signature} {{\n{body}\n'
+                       f"n = BatchNormalization <epsilon = 0.001> (c, scale, shift, mean, var)\n"
+                       "y = Relu (n)\n}", w=w.astype(np.float16), **bn)
+    out = optimize(model, [FuseBatchNorm()])
+    assert _fired(out.report["fuse-batchnorm"]) == {f"{conv}BatchNorm": 1}
+    assert "BatchNormalization" not in _ops(out)
+    assert out.graph.nodes[0].inputs[1].values.dtype == np.float16
+    # fp16 rounds to ~1e-3 relative; the fold (in float64) differs by that rounding only.
+    assert_same_outputs(model, out, {"x": x.astype(np.float16)}, rtol=1e-2, atol=1e-2)

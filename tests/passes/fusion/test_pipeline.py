@@ -37,9 +37,11 @@ def _ops(model: Model) -> list[str]:
 
 
 def _fuse(model: Model, **options) -> tuple[Model, dict]:
+    """The fused model, and fuse's own stats with its children's summed (``"<pass>.<key>"``)."""
     out = optimize(model, [Fuse(**options)])
     assert_same_outputs(model, out, feed_list(model), rtol=1e-4, atol=1e-5)
-    return out, out.report["fuse"].stats
+    record = out.report["fuse"]
+    return out, {**record.stats, **record.totals()}
 
 
 BN = "n = BatchNormalization (c, scale, shift, mean, var)"
@@ -99,14 +101,16 @@ def test_kept_nd_is_the_final_count_not_a_sum_over_rounds():
                    v=RNG.standard_normal((16, 2)).astype(np.float32),
                    b=RNG.standard_normal(2).astype(np.float32), **_bn(4))
     out, stats = _fuse(model)
-    assert stats["rounds"] == 2 and stats["fuse-gemm.kept_nd"] == 1
+    assert stats["rounds"] == 2 and stats["fuse-gemm.kept_nd"] == 2  # the sum over rounds
+    assert out.report["fuse"].descendants("fuse-gemm")[-1].stats["kept_nd"] == 1
     assert _ops(out) == ["Conv", "Reshape", "MatMul", "Add"]
 
 
 def test_nothing_to_do_reports_unchanged():
     out = optimize(_model("y = Relu (x)", "(float[2,3] x) => (float[2,3] y)"), ["fuse"])
     record = out.report["fuse"]
-    assert not record.changed and record.stats == {"rounds": 1, "cleanup.rounds": 1}
+    assert not record.changed and record.stats == {"rounds": 1}
+    assert [r.stats for r in record.descendants("cleanup")] == [{"rounds": 1}]
 
 
 def test_digits_demo_fuses_every_batchnorm_and_keeps_its_predictions():

@@ -20,7 +20,7 @@ import onnxpress as ox
 from onnxpress.errors import PassError
 from onnxpress.passes import QuantizeFP8, QuantizeStatic
 from onnxpress.passes.calibrate import Calibrate
-from onnxpress.targets import TENSORRT_RULES
+from onnxpress.targets import TENSORRT_RULES, get_target
 from onnxpress.testing import make_model, run
 
 CNN = MODELS_DIR / "torch_cnn_opset13.onnx"
@@ -49,14 +49,14 @@ def test_cnn_valid_and_close_to_fp32():
 def test_placement_is_quantize_static_selection():
     model, _ = _fp8_cnn()
     source = ox.load(CNN)
-    chosen = QuantizeStatic().select(source, TENSORRT_RULES, transformer=False)
+    chosen = [u.node for u in QuantizeStatic().plan(source, get_target("tensorrt")).units]
     quantized = [n.name for n in model.graph.nodes if n.op in TENSORRT_RULES
                  and any(t.inputs and t.inputs[0].op == "DequantizeLinear" for t in n.inputs)]
     assert quantized == [n.name for n in chosen]
 
 
 def test_onnxruntime_fp8_qdq_matches_numpy():
-    """x → Q → DQ on the CPU provider equals saturate(round_fp8(x / s)) · s, value for value."""
+    """X → Q → DQ on the CPU provider equals saturate(round_fp8(x / s)) · s, value for value."""
     rng = np.random.default_rng(0)
     w = rng.standard_normal((32, 8)).astype(np.float32)
     model = make_model('<ir_version: 9, opset_import: ["": 19]> g (float[4, 32] x) => '
@@ -65,7 +65,7 @@ def test_onnxruntime_fp8_qdq_matches_numpy():
     x[0, 0] = 1e4  # beyond amax: saturates at 448 · s
     calibration = np.linspace(-4, 4, 4 * 32, dtype=np.float32).reshape(4, 32)  # amax 4
     out = ox.optimize(model, [Calibrate(method="minmax", run_on="cpu"),
-                              QuantizeFP8(transformer="off", skip_unprofitable=False)],
+                              QuantizeFP8(skip_unprofitable=False)],
                       data=[{"x": calibration}], target="tensorrt")
     onnx.checker.check_model(out.to_onnx(), full_check=True)
 

@@ -258,3 +258,11 @@ def test_dequantized_constant_stores_integers_with_an_explicit_zero_point():
 def test_qparams_dataclass_reports_its_dtype():
     p = QParams(np.float32(0.1), np.uint8(3))
     assert p.dtype == np.uint8 and p.axis is None
+
+
+def test_seven_bit_weights_use_63_levels_in_int8_storage():
+    values = np.array([[0.5, -2.0], [1.0, 0.25]], np.float32)
+    p = weight_qparams(values, axis=0, bits=7)
+    q = quantize_array(values, p)
+    assert q.dtype == np.int8 and np.abs(q).max(axis=1).tolist() == [63, 63]
+    np.testing.assert_allclose(p.scale, [2.0 / 63, 1.0 / 63], rtol=1e-6)
