@@ -9,6 +9,7 @@ it is not ``cpu``.
 
 from onnxpress.passes.base import Pass
 from onnxpress.passes.calibrate import Calibrate
+from onnxpress.passes.quantize.weight_only import QuantizeWeights
 from onnxpress.passes.sparsity.channels import PruneChannels
 from onnxpress.passes.sparsity.guarded import PruneGuarded
 
@@ -23,6 +24,11 @@ RECIPES: dict[str, list[str | Pass]] = {
     # slower than the float model on cpu — or an error with the numbers.
     "int8-cpu": ["fuse", Calibrate(method="percentile"), "mixed-precision"],
     "dynamic-int8": ["fuse", "quantize-dynamic"],
+    # Weight-only: activations stay float, weights and embedding tables shrink. MiniLM:
+    # int4 GPTQ blocks of 32 (asymmetric) at cosine 0.9913 and 0.16x the FP32 file (RTN:
+    # 0.9751); int8 blocks of 128 at 0.9998 and 0.26x (benchmarks/RESULTS.md, weights.py).
+    "int4-weights": ["fuse", QuantizeWeights(bits=4, block_size=32, method="gptq")],
+    "int8-weights": ["fuse", QuantizeWeights(bits=8, block_size=128, method="rtn")],
     # Remove 30% of the channels, then refit the layers that read them by least squares
     # against the original model's activations (the teacher): no retraining; guarded on
     # held-back samples (prune less, or a GuardError with the numbers). Widths move in steps of

@@ -19,9 +19,11 @@ from onnxpress.passes.manager import DumpAfterEach, PassManager
 from onnxpress.passes.quantize.bias_correction import BiasCorrection
 from onnxpress.passes.quantize.dynamic import QuantizeDynamic
 from onnxpress.passes.quantize.equalize import AbsorbBias, Equalize
+from onnxpress.passes.quantize.fp8 import QuantizeFP8
 from onnxpress.passes.quantize.sensitivity import MixedPrecision
 from onnxpress.passes.quantize.smoothquant import SmoothQuant
 from onnxpress.passes.quantize.static import QuantizeStatic
+from onnxpress.passes.quantize.weight_only import QuantizeWeights
 from onnxpress.passes.sequence import Sequence
 from onnxpress.passes.sparsity.channels import PruneChannels
 from onnxpress.passes.sparsity.guarded import PruneGuarded
@@ -36,7 +38,6 @@ __all__ = [
     "FuseActivations", "FuseBatchNorm", "FuseGelu", "FuseGemm", "FuseLayerNorm", "FusePad",
     "FuseTransposes", "LowRank", "MixedPrecision", "Pass", "PassManager", "PassRecord",
     "PassResult", "PruneChannels", "PruneGuarded", "PruneMagnitude", "QuantizeDynamic",
-    "QuantizeStatic",
-    "Reconstruct", "Report", "Sequence", "SmoothQuant", "Sparsify2to4", "get", "registered",
-    "resolve",
+    "QuantizeFP8", "QuantizeStatic", "QuantizeWeights", "Reconstruct", "Report", "Sequence",
+    "SmoothQuant", "Sparsify2to4", "get", "registered", "resolve",
 ]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -31,6 +32,10 @@ from onnxpress.ir.model import Model
 
 #: Smallest scale we emit: a zero scale is invalid for onnxruntime and TensorRT.
 MIN_SCALE = 1e-12
+
+#: float8 E4M3 (finite, no infinities: TensorRT's FP8) and its largest magnitude.
+FP8_E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
+FP8_MAX = 448.0
 
 INT_RANGES = {
     np.dtype(np.int8): (-128, 127), np.dtype(np.uint8): (0, 255),
@@ -84,12 +89,18 @@ def qparams(lo: float | np.ndarray, hi: float | np.ndarray, dtype=np.int8, *,
 
 
 def quantize_array(values: np.ndarray, p: QParams) -> np.ndarray:
-    """`values` quantized with `p` (broadcast along `p.axis` for per-channel)."""
-    scale, zero = p.scale, p.zero_point.astype(np.int64)
+    """`values` quantized with `p` (broadcast along `p.axis` for per-channel).
+
+    A float8 E4M3 zero point (always 0) means FP8: saturate to ±448, round to the format.
+    """
+    fp8 = p.dtype == FP8_E4M3
+    scale, zero = p.scale, p.zero_point.astype(np.float64 if fp8 else np.int64)
     if p.axis is not None and scale.ndim:
         shape = [1] * values.ndim
         shape[p.axis] = -1
         scale, zero = scale.reshape(shape), zero.reshape(shape)
+    if fp8:
+        return np.clip(values.astype(np.float64) / scale, -FP8_MAX, FP8_MAX).astype(FP8_E4M3)
     q_min, q_max = INT_RANGES[p.dtype]
     q = np.round(values.astype(np.float64) / scale) + zero
     return np.clip(q, q_min, q_max).astype(p.dtype)
