@@ -18,7 +18,6 @@ Lossy: outputs move by activation and weight rounding error.
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -27,6 +26,7 @@ import onnx_graphsurgeon as gs
 
 from onnxpress.ir.edit import dead_code, insert_before, replace_uses
 from onnxpress.ir.model import Model
+from onnxpress.ir.select import matches
 from onnxpress.passes.base import Context, Pass, PassResult
 from onnxpress.passes.quantize.qdq import quantize_array, weight_qparams
 from onnxpress.passes.quantize.static import fusion_stats, is_quantized
@@ -71,8 +71,7 @@ class QuantizeDynamic(Pass):
             return PassResult(False, {"skipped": "model is already quantized"})
         done = []
         for node in list(model.graph.nodes):
-            if node.op not in ("MatMul", "Gemm") or any(
-                    fnmatch.fnmatchcase(node.name, p) for p in self.exclude):
+            if node.op not in ("MatMul", "Gemm") or matches(node, self.exclude):
                 continue
             w = _matrix(node)
             if w is None:

@@ -34,7 +34,6 @@ Data-movement outputs share their input's parameters (``share``), as they must t
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -45,6 +44,7 @@ from onnxpress.ir import analyses
 from onnxpress.ir.edit import consumers, is_graph_output
 from onnxpress.ir.model import Model
 from onnxpress.ir.ops import is_float, optional_input
+from onnxpress.ir.select import matches
 from onnxpress.targets import QRule, Target, attention_blocks
 
 #: Activations whose Q onnxruntime folds into the producing unit's output range.
@@ -118,11 +118,6 @@ class QuantPlan:
             counts[reason] = counts.get(reason, 0) + 1
         return "; ".join(f"{n} {reason}" for reason, n in
                          sorted(counts.items(), key=lambda item: -item[1]))
-
-
-def matches(node: gs.Node, patterns: Sequence[str]) -> bool:
-    """Whether a node name, op type or glob pattern in `patterns` names `node`."""
-    return any(node.op == p or fnmatch.fnmatchcase(node.name, p) for p in patterns)
 
 
 def plan(model: Model, target: Target, *, op_types: Sequence[str] | None = None,

@@ -35,8 +35,9 @@ import onnx_graphsurgeon as gs
 from onnxpress.errors import PassError, PreconditionError
 from onnxpress.ir.edit import dead_code, toposort
 from onnxpress.ir.model import Model
+from onnxpress.ir.select import matches
 from onnxpress.passes.base import Context, Pass, PassResult
-from onnxpress.passes.quantize.plan import Planned, QuantPlan, float_constant, matches, plan
+from onnxpress.passes.quantize.plan import Planned, QuantPlan, float_constant, plan
 from onnxpress.passes.quantize.qdq import (
     QParams,
     dequantized_constant,

@@ -35,7 +35,6 @@ Lossy: outputs move by the weight rounding error; `runtime.compare` measures by 
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -49,6 +48,7 @@ from onnxpress.ir import analyses
 from onnxpress.ir.edit import dead_code, insert_before, replace_uses, toposort
 from onnxpress.ir.model import Model
 from onnxpress.ir.opset import require_opset
+from onnxpress.ir.select import matches
 from onnxpress.passes.base import Context, Pass, PassResult
 from onnxpress.passes.calibrate.observers import Gram
 from onnxpress.passes.quantize.blockwise import BlockQuantized, check, pack, round_to_nearest
@@ -226,7 +226,7 @@ class QuantizeWeights(Pass):
     # ----------------------------------------------------------------------------------------
     # Selection
     def _excluded(self, node: gs.Node) -> bool:
-        return any(fnmatch.fnmatchcase(node.name, p) or node.op == p for p in self.exclude)
+        return matches(node, self.exclude)
 
     def _weights(self, model: Model) -> tuple[list[_Weight], dict[str, str]]:
         """The constants to quantize with their uses, in graph order, and the nodes skipped."""

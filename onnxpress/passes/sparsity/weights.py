@@ -34,6 +34,7 @@ import onnx_graphsurgeon as gs
 from onnxpress.errors import PassError
 from onnxpress.ir.edit import consumers, producer
 from onnxpress.ir.model import Model
+from onnxpress.ir.select import matches as node_matches
 
 #: The ops whose input 1 is a weight multiplied along a reduction axis.
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
@@ -162,7 +163,7 @@ def matches(weight: Weight, pattern: str) -> bool:
     """Whether `pattern` names `weight`: a glob on the weight's name or a reader's node name,
     or a reader's op type."""
     return fnmatch.fnmatchcase(weight.name, pattern) or any(
-        fnmatch.fnmatchcase(n.name, pattern) or n.op == pattern for n in weight.nodes)
+        node_matches(n, [pattern]) for n in weight.nodes)
 
 
 def select(weights: Sequence[Weight], *, include: Sequence[str] = (),
