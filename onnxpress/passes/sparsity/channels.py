@@ -44,7 +44,6 @@ tagged with the channels of the original it keeps (metadata ``onnxpress.kept_cha
 
 from __future__ import annotations
 
-import fnmatch
 import itertools
 import json
 import math
@@ -59,6 +58,7 @@ from onnxpress.errors import PassError
 from onnxpress.ir import analyses, fidelity
 from onnxpress.ir.edit import consumers
 from onnxpress.ir.model import Model
+from onnxpress.ir.select import matches
 from onnxpress.passes.base import Context, Pass, PassResult
 from onnxpress.passes.sparsity.coupling import KEPT_KEY, ChannelGroup, Coupling, SliceInput, analyze
 from onnxpress.passes.sparsity.flops import layer_costs, total_macs
@@ -265,7 +265,7 @@ class PruneChannels(Pass):
         """Groups kept whole by `exclude` or as first layers; warns about globs matching no
         node."""
         unmatched = [p for p in self.exclude
-                     if not any(fnmatch.fnmatchcase(n.name, p) for n in model.graph.nodes)]
+                     if not any(matches(n, [p]) for n in model.graph.nodes)]
         if unmatched:
             stats["unmatched_exclude"] = unmatched
             warnings.warn(f"prune-channels: exclude pattern(s) {unmatched} match no node",
@@ -275,7 +275,7 @@ class PruneChannels(Pass):
         for group in coupling.groups:
             layers = group.producers + [n for n in group.through if n.op == "Conv"]
             hits = [p for p in self.exclude
-                    if any(fnmatch.fnmatchcase(n.name, p) for n in layers)]
+                    if any(matches(n, [p]) for n in layers)]
             if group.frozen:
                 continue
             first = [n for n in group.producers if id(n.inputs[0]) in inputs]

@@ -47,7 +47,6 @@ so ``X`` and ``Y`` pair row for row as long as the data gives the same batches e
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,6 +61,7 @@ from onnxpress.errors import DataError, PassError, PreconditionError
 from onnxpress.ir import analyses
 from onnxpress.ir.edit import dead_code
 from onnxpress.ir.model import Model
+from onnxpress.ir.select import matches, selected
 from onnxpress.passes.base import Context, Pass, PassResult
 from onnxpress.passes.calibrate.observers import Gram
 from onnxpress.passes.sparsity.channels import kept_channels
@@ -119,16 +119,12 @@ class Reconstruct(Pass):
         """Refit every eligible layer, wave by wave in topological order."""
         teacher_shapes = ctx.teacher().analysis(analyses.shapes)
         layers, skipped = [], {}
-        labels = {id(n): node_label(n) for n in model.graph.nodes}
         for pattern in (*self.include, *self.exclude):
-            if not any(fnmatch.fnmatchcase(label, pattern) for label in labels.values()):
+            if not any(matches(n, [pattern]) for n in model.graph.nodes):
                 raise PassError(f"reconstruct: pattern '{pattern}' names no node")
         for node in model.graph.nodes:
             if node.op in _KINDS:
-                label = labels[id(node)]
-                if (self.include and not any(fnmatch.fnmatchcase(label, p)
-                                             for p in self.include)) or any(
-                        fnmatch.fnmatchcase(label, p) for p in self.exclude):
+                if not selected(node, self.include, self.exclude):
                     skipped[node_label(node)] = "left out by include/exclude"
                     continue
                 found = _KINDS[node.op].make(node, teacher_shapes, self.rows_per_batch)
