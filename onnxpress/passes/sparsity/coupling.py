@@ -92,7 +92,7 @@ import networkx as nx
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxpress.ir import analyses
+from onnxpress.ir import analyses, ops
 from onnxpress.ir.edit import consumers, dependencies
 from onnxpress.ir.model import Model
 
@@ -534,20 +534,9 @@ def _both(nodes: Iterable[str], verb: str) -> str:
 
 # --------------------------------------------------------------------------------------------
 # Propagation
-def _shape(tensor: gs.Tensor) -> tuple | None:
-    if isinstance(tensor, gs.Constant):
-        return tuple(tensor.values.shape)
-    return tuple(tensor.shape) if tensor.shape is not None else None
-
-
-def _constant(tensor: gs.Tensor) -> np.ndarray | None:
-    """The value of an initializer input, or None."""
-    return tensor.values if isinstance(tensor, gs.Constant) else None
-
-
 def _float_constant(tensor: gs.Tensor) -> np.ndarray | None:
-    value = _constant(tensor)
-    return value if value is not None and np.issubdtype(value.dtype, np.floating) else None
+    value = ops.constant_value(tensor)
+    return value if value is not None and ops.is_float(value.dtype) else None
 
 
 def _static(dims: Sequence) -> int | None:
@@ -633,7 +622,7 @@ class _Propagation:
         it meets (an untracked tensor cannot be sliced).
         """
         out = node.outputs[0]
-        shape = _shape(out)
+        shape = ops.static_dims(out)
         if shape is None:
             return
         axis %= len(shape)
@@ -738,7 +727,8 @@ class _Propagation:
     # -- layers ----------------------------------------------------------------------------
     def _bias_axis(self, node: gs.Node) -> int | None:
         """0 if a Conv / ConvTranspose has a constant bias (input 2), else None."""
-        return 0 if len(node.inputs) > 2 and _constant(node.inputs[2]) is not None else None
+        bias = ops.optional_input(node, 2)
+        return 0 if bias is not None and ops.constant_value(bias) is not None else None
 
     def _weightless(self, node: gs.Node, axis: int, reason: str) -> None:
         """A layer whose weight cannot be sliced: its inputs and its output are frozen."""
@@ -826,7 +816,7 @@ class _Propagation:
         if layout is not None:
             self.edits.append(SliceInput(node, layout, "consumer", 1, 1 if trans_b else 0))
         channels, weight_axis = weight.shape[0 if trans_b else 1], 0 if trans_b else 1
-        bias = _constant(node.inputs[2]) if len(node.inputs) > 2 else None
+        bias = ops.constant_value(node.inputs[2]) if len(node.inputs) > 2 else None
         if bias is None or bias.ndim == 0 or bias.shape[-1] == 1 and bias.size == 1:
             return self.root(node, channels, 1, weight_axis, None)
         if bias.shape[-1] == channels and bias.size == channels:
@@ -848,7 +838,7 @@ class _Propagation:
     # -- channels pass through -------------------------------------------------------------
     def _batchnorm(self, node: gs.Node) -> None:
         layout = self.layout(node.inputs[0])
-        params = [_constant(t) for t in node.inputs[1:5]]
+        params = [ops.constant_value(t) for t in node.inputs[1:5]]
         if (layout.axis != 1 or any(p is None or p.shape != (layout.width,) for p in params)
                 or any(not t.is_empty() for t in node.outputs[1:])):
             self.freeze([layout], f"{_where(node)}: training mode, non-constant parameters "
@@ -873,7 +863,7 @@ class _Propagation:
         ``keepdims`` the channel axis moves down by the reduced axes before it."""
         layout = self.layout(node.inputs[0])
         if len(node.inputs) > 1 and not node.inputs[1].is_empty():
-            axes = _constant(node.inputs[1])
+            axes = ops.constant_value(node.inputs[1])
         else:
             axes = node.attrs.get("axes")
         if axes is None or not len(np.ravel(axes)):
@@ -894,7 +884,7 @@ class _Propagation:
     def _axes(self, node: gs.Node) -> list[int] | None:
         """The ``axes`` of a Squeeze / Unsqueeze (input 1 at opset ≥ 13, else attribute)."""
         if len(node.inputs) > 1 and not node.inputs[1].is_empty():
-            value = _constant(node.inputs[1])
+            value = ops.constant_value(node.inputs[1])
             return None if value is None else [int(a) for a in np.ravel(value)]
         axes = node.attrs.get("axes")
         return None if axes is None else [int(a) for a in axes]
@@ -908,7 +898,7 @@ class _Propagation:
 
     def _squeeze(self, node: gs.Node) -> None:
         """Dropping axes of size 1 other than the channel axis shifts it down."""
-        layout, shape = self.layout(node.inputs[0]), _shape(node.inputs[0])
+        layout, shape = self.layout(node.inputs[0]), ops.static_dims(node.inputs[0])
         axes = self._axes(node)
         if axes is None and shape is not None and all(isinstance(d, int) for d in shape):
             axes = [i for i, d in enumerate(shape) if d == 1]
@@ -952,7 +942,7 @@ class _Propagation:
         self.edits.append(SliceInput(node, layout, "consumer", 1, 2))
 
     def _elementwise(self, node: gs.Node) -> None:
-        out_shape = _shape(node.outputs[0])
+        out_shape = ops.static_dims(node.outputs[0])
         carried = [lay for lay in (self.layout(t) for t in node.inputs) if lay is not None]
         layout = self.unify(node, carried)
         if layout is None:
@@ -962,13 +952,13 @@ class _Propagation:
         for index, tensor in enumerate(node.inputs):
             if tensor.is_empty() or self.layout(tensor) is not None:
                 continue
-            shape = _shape(tensor)
+            shape = ops.static_dims(tensor)
             along = None if shape is None else len(shape) - (rank - layout.axis)
             size = 1 if along is not None and along < 0 else (
                 shape[along] if along is not None else None)
             if size == 1:
                 continue  # broadcast along the channel axis: the same for every channel
-            if size == layout.width and _constant(tensor) is not None:
+            if size == layout.width and ops.constant_value(tensor) is not None:
                 self.edits.append(SliceInput(node, layout, "through", index, along))
                 continue
             what = (f"graph input '{tensor.name}'" if self._is_input(tensor)
@@ -998,7 +988,7 @@ class _Propagation:
             if lay is not None:
                 segments += lay.segments
                 continue
-            shape = _shape(tensor)
+            shape = ops.static_dims(tensor)
             if shape is None or not isinstance(shape[axis], int):
                 self.freeze(carried, f"{_where(node)}: width of input '{tensor.name}' unknown")
                 return
@@ -1063,7 +1053,7 @@ class _Propagation:
         """The channels of each output, or None if not constant or not a partition."""
         n = len(node.outputs)
         if len(node.inputs) > 1 and not node.inputs[1].is_empty():
-            value = _constant(node.inputs[1])
+            value = ops.constant_value(node.inputs[1])
             sizes = None if value is None else [int(v) for v in np.ravel(value)]
         elif "split" in node.attrs:
             sizes = [int(v) for v in node.attrs["split"]]
@@ -1087,10 +1077,10 @@ class _Propagation:
             steps = [1] * len(starts)
         else:
             inputs = list(node.inputs) + [gs.Variable.empty()] * (5 - len(node.inputs))
-            starts, ends = _constant(inputs[1]), _constant(inputs[2])
-            axes = (_constant(inputs[3]) if not inputs[3].is_empty()
+            starts, ends = ops.constant_value(inputs[1]), ops.constant_value(inputs[2])
+            axes = (ops.constant_value(inputs[3]) if not inputs[3].is_empty()
                     else None if starts is None else range(len(starts)))
-            steps = (_constant(inputs[4]) if not inputs[4].is_empty()
+            steps = (ops.constant_value(inputs[4]) if not inputs[4].is_empty()
                      else None if starts is None else [1] * len(starts))
         if axes is None:
             self.freeze([layout], f"{_where(node)}: its axes or bounds are not constant")
@@ -1121,7 +1111,7 @@ class _Propagation:
 
     def _flatten(self, node: gs.Node) -> None:
         layout = self.layout(node.inputs[0])
-        shape = _shape(node.inputs[0])
+        shape = ops.static_dims(node.inputs[0])
         axis = int(node.attrs.get("axis", 1)) % max(layout.rank, 1)
         inner = _static(shape[layout.axis + 1:]) if shape is not None else None
         if axis != layout.axis or inner is None:
@@ -1132,8 +1122,8 @@ class _Propagation:
 
     def _reshape(self, node: gs.Node) -> None:
         layout = self.layout(node.inputs[0])
-        target = _constant(node.inputs[1])
-        before, after = _shape(node.inputs[0]), _shape(node.outputs[0])
+        target = ops.constant_value(node.inputs[1])
+        before, after = ops.static_dims(node.inputs[0]), ops.static_dims(node.outputs[0])
         a = layout.axis
         if target is None or before is None or after is None or len(after) <= a:
             self.freeze([layout], f"{_where(node)}: the shape is not a constant or is unknown")
@@ -1166,12 +1156,12 @@ class _Propagation:
         else:
             position = layout.axis
         if not sizes.is_empty():
-            value = _constant(sizes)
+            value = ops.constant_value(sizes)
             if value is not None and value[position] == layout.width:
                 self.edits.append(SetEntry(node, layout, "through", 3, position))
                 return self.pass_through(node, layout)
         elif not scales.is_empty():
-            value = _constant(scales)
+            value = ops.constant_value(scales)
             if value is not None and value[position] == 1:
                 return self.pass_through(node, layout)
         self.freeze([layout], f"{_where(node)} resizes the channel axis, or its scales/sizes "
@@ -1181,9 +1171,9 @@ class _Propagation:
     def _pad(self, node: gs.Node) -> None:
         layout = self.layout(node.inputs[0])
         pads = (np.asarray(node.attrs["pads"]) if "pads" in node.attrs
-                else _constant(node.inputs[1]) if len(node.inputs) > 1 else None)
-        axes = (_constant(node.inputs[3]) if len(node.inputs) > 3 and not node.inputs[3].is_empty()
-                else np.arange(layout.rank))
+                else ops.constant_value(node.inputs[1]) if len(node.inputs) > 1 else None)
+        given = ops.optional_input(node, 3)
+        axes = ops.constant_value(given) if given is not None else np.arange(layout.rank)
         if pads is None or axes is None:
             self.freeze([layout], f"{_where(node)}: pads are not constant")
             return
