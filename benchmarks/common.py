@@ -326,3 +326,20 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
         parser.set_defaults(**quick)
         args = parser.parse_args(argv)
     return args
+
+
+def ort_reader(feeds: Sequence[Mapping[str, np.ndarray]]):
+    """An onnxruntime `CalibrationDataReader` over `feeds` (rewindable), for its quantizers."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.rewind()
+
+        def get_next(self):
+            return next(self._it, None)
+
+        def rewind(self) -> None:
+            self._it = iter(feeds)
+
+    return Reader()

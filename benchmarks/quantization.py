@@ -131,7 +131,6 @@ def _child(job: dict) -> dict:
             ox.optimize(job["source"], passes, data=data).save(job["out"], overwrite=True)
     else:
         from onnxruntime.quantization import (
-            CalibrationDataReader,
             CalibrationMethod,
             QuantFormat,
             QuantType,
@@ -139,16 +138,6 @@ def _child(job: dict) -> dict:
             quantize_static,
         )
         from onnxruntime.quantization.shape_inference import quant_pre_process
-
-        class Reader(CalibrationDataReader):
-            def __init__(self):
-                self.rewind()
-
-            def get_next(self):
-                return next(self._it, None)
-
-            def rewind(self):
-                self._it = iter(batches)
 
         types = {"U8": QuantType.QUInt8, "S8": QuantType.QInt8}
         if job["kind"] == "preprocess":
@@ -166,7 +155,7 @@ def _child(job: dict) -> dict:
                                 calibration_cache_path=job["cache"])
 
             def work():
-                static(job["out"], "U8", Reader())
+                static(job["out"], "U8", common.ort_reader(batches))
 
     error = None
     with common.measured() as cost:

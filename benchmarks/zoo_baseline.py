@@ -81,26 +81,11 @@ def quantize_ours(zm: ZooModel, out: Path, allow_slower: bool = False) -> None:
 
 def quantize_ort(zm: ZooModel, out: Path, calib: list[dict[str, np.ndarray]]) -> None:
     """The onnxruntime quantize_static: QDQ, MinMax, U8 activations / S8 weights."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.rewind()
-
-        def get_next(self):
-            return next(self._it, None)
-
-        def rewind(self):
-            self._it = iter(calib)
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     opset = max(o.version for o in onnx.load(zm.path, load_external_data=False).opset_import
                 if o.domain in ("", "ai.onnx"))
-    quantize_static(zm.path, out, Reader(), quant_format=QuantFormat.QDQ,
+    quantize_static(zm.path, out, common.ort_reader(calib), quant_format=QuantFormat.QDQ,
                     per_channel=opset >= 13, activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8)
 
