@@ -29,12 +29,12 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
-from onnxpress.errors import PassError, PreconditionError
+from onnxpress.errors import PreconditionError
 from onnxpress.ir.edit import dead_code, toposort
 from onnxpress.ir.model import Model
+from onnxpress.ir.opset import require_opset
 from onnxpress.ir.select import matches
 from onnxpress.passes.base import Context, Pass, PassResult
 from onnxpress.passes.quantize.plan import Planned, QuantPlan, float_constant, plan
@@ -45,6 +45,7 @@ from onnxpress.passes.quantize.qdq import (
     quantize_activation,
     weight_qparams,
 )
+from onnxpress.runtime.fusion import fusion_report
 from onnxpress.targets import Target
 
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
@@ -61,33 +62,12 @@ def fusion_stats(model: Model, ctx: Context) -> dict[str, str]:
     """What onnxruntime fused, for the report — on the cpu target, where it can be asked."""
     if ctx.target.name != "cpu":
         return {}
-    from onnxpress.runtime.fusion import fusion_report
-
     return {"onnxruntime": fusion_report(model).summary()}
 
 
 def is_quantized(model: Model) -> bool:
     """Whether the model already carries quantization nodes."""
     return any(n.op in QDQ_OPS for n in model.graph.nodes)
-
-
-def raise_opset(model: Model, opset: int) -> int:
-    """Convert `model` in place to `opset` with onnx's version converter; return the old one.
-
-    Raises:
-        PassError: the converter fails or its result fails the checker — the model is then
-            left as it was.
-    """
-    old = model.opset
-    try:
-        converted = onnx.version_converter.convert_version(model.to_onnx(), opset)
-        onnx.checker.check_model(converted)
-    except Exception as e:  # the converter raises bare RuntimeErrors and ValueErrors
-        raise PassError(f"per-channel weights need opset {opset}, and onnx's version converter "
-                        f"cannot take this model from opset {old}: {e}; use per_channel=False "
-                        "to keep per-tensor weights") from None
-    model.adopt(Model.from_onnx(converted, source=model.source))
-    return old
 
 
 @dataclass(frozen=True)
@@ -145,9 +125,12 @@ class QuantizeStatic(Pass):
             if not node.name:
                 node.name = model.fresh_name(node.op)
         stats: dict = {}
-        if self.per_channel and model.opset < PER_CHANNEL_OPSET and self.plan(
-                model, ctx.target).units:
-            stats["opset"] = f"{raise_opset(model, PER_CHANNEL_OPSET)} -> {PER_CHANNEL_OPSET}"
+        old = model.opset
+        if (self.per_channel and old < PER_CHANNEL_OPSET and self.plan(model, ctx.target).units
+                and require_opset(model, PER_CHANNEL_OPSET,
+                                  "per-channel weights (use per_channel=False to keep "
+                                  "per-tensor ones)")):
+            stats["opset"] = f"{old} -> {PER_CHANNEL_OPSET}"
         check_fusion = self.fused_only and ctx.target.name == "cpu"
         quantizer, unfused = self, []
         for _ in range(FUSION_ROUNDS):
@@ -155,8 +138,9 @@ class QuantizeStatic(Pass):
             stats.update(quantizer.quantize(trial, ctx))
             if not check_fusion or not stats["nodes"]:
                 break
-            report = _fusion(trial, ctx)
-            left = [n for n in report.unfused_nodes if n in set(stats["quantized"])]
+            report = fusion_report(trial, ctx.target)
+            quantized = set(stats["quantized"])
+            left = [n for n in report.unfused_nodes if n in quantized]
             if not left:
                 stats["onnxruntime"] = report.summary()
                 break
@@ -200,12 +184,6 @@ class QuantizeStatic(Pass):
         for unit in chosen.units:
             stats[unit.node.op] = stats.get(unit.node.op, 0) + 1
         return stats
-
-
-def _fusion(model: Model, ctx: Context):
-    from onnxpress.runtime.fusion import fusion_report
-
-    return fusion_report(model, ctx.target)
 
 
 class _Parameters:
